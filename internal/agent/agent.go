@@ -1,0 +1,292 @@
+// Package agent captures packets from local sources and streams them to a
+// collector.
+//
+// Each source runs two goroutines that meet at a bounded queue of batches:
+// the capture loop packs packets straight from the capture backend into a
+// batch buffer and pushes closed batches (it never blocks on the network),
+// and the delivery loop streams them to the collector, keeps each batch until
+// it is acked, and reconnects with backoff, sending again whatever was not
+// acked.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/tapstream/tapstream/internal/capture"
+	"github.com/tapstream/tapstream/internal/source"
+	"github.com/tapstream/tapstream/internal/wire"
+	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
+)
+
+// Defaults for Config.
+const (
+	DefaultBatchSize    = 1 << 20
+	DefaultBatchDelay   = 50 * time.Millisecond
+	DefaultBuffer       = 64 << 20
+	DefaultDrainTimeout = 30 * time.Second
+	DefaultMaxBackoff   = 30 * time.Second
+)
+
+// Config configures an agent.
+type Config struct {
+	// Connect is the collector's HOST:PORT.
+	Connect string
+	// Sources to capture from; one stream each.
+	Sources []source.Spec
+	// Capture configures live sources. Its Filter is the user's filter; the
+	// agent adds the exclusion of its own connection.
+	Capture capture.Config
+	// ReplaySpeed applies to file sources (0: as fast as possible).
+	ReplaySpeed float64
+	// Stop conditions, per source; zero means no limit.
+	Count    int64
+	Size     int64 // captured bytes
+	Duration time.Duration
+
+	BatchSize  int
+	BatchDelay time.Duration
+	Buffer     int // bytes of unacked batches held in memory per source
+
+	Insecure     bool
+	DisableRetry bool
+	MaxBackoff   time.Duration
+	// DrainTimeout bounds the wait for the last acks after capture stops.
+	DrainTimeout time.Duration
+
+	Hostname string
+	Logger   *slog.Logger
+}
+
+// Validate checks c and fills in defaults.
+func (c *Config) Validate() error {
+	if c.Connect == "" {
+		return errors.New("--connect HOST:PORT is required")
+	}
+	if _, _, err := net.SplitHostPort(c.Connect); err != nil {
+		return fmt.Errorf("--connect %q: want HOST:PORT: %w", c.Connect, err)
+	}
+	if len(c.Sources) == 0 {
+		return errors.New("at least one --source is required (an interface such as eth0, or file:PATH)")
+	}
+	seen := map[uuid.UUID]string{}
+	for _, s := range c.Sources {
+		if prev, ok := seen[s.UUID]; ok {
+			return fmt.Errorf("sources %q and %q have the same UUID %s; give them different names", prev, s.Name, s.UUID)
+		}
+		seen[s.UUID] = s.Name
+	}
+	if !c.Insecure {
+		return errors.New("TLS is not available in this version yet: run both collector and agent with --insecure (plaintext, no authentication)")
+	}
+	if c.Count < 0 || c.Size < 0 || c.Duration < 0 {
+		return errors.New("stop conditions must not be negative")
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.BatchDelay == 0 {
+		c.BatchDelay = DefaultBatchDelay
+	}
+	if c.Buffer == 0 {
+		c.Buffer = DefaultBuffer
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = DefaultMaxBackoff
+	}
+	if c.Hostname == "" {
+		c.Hostname, _ = os.Hostname()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if err := c.Capture.Validate(); err != nil {
+		return err
+	}
+	if min := c.Capture.Snaplen + wire.RecordHeaderLen; c.BatchSize < min {
+		return fmt.Errorf("batch size %d too small for snaplen %d (needs %d)", c.BatchSize, c.Capture.Snaplen, min)
+	}
+	if c.BatchSize > maxBatchSize {
+		return fmt.Errorf("batch size %d above the limit of %d", c.BatchSize, maxBatchSize)
+	}
+	if c.Buffer < c.BatchSize {
+		return fmt.Errorf("buffer %d smaller than one batch (%d)", c.Buffer, c.BatchSize)
+	}
+	return nil
+}
+
+// maxBatchSize keeps a batch message under the collector's default limit.
+const maxBatchSize = 8 << 20
+
+// Agent runs the configured sources.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	sources []*sourceRun
+	conn    *grpc.ClientConn
+}
+
+// New validates cfg and opens every source, so that a bad interface name or
+// filter fails before anything is sent.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger}
+	exclude, err := selfExclusion(cfg.Connect)
+	if err != nil {
+		return nil, err
+	}
+	for _, spec := range cfg.Sources {
+		src, err := a.open(spec, exclude)
+		if err != nil {
+			a.closeSources()
+			return nil, err
+		}
+		a.sources = append(a.sources, newSourceRun(a, spec, src))
+	}
+	return a, nil
+}
+
+func (a *Agent) open(spec source.Spec, exclude string) (capture.Source, error) {
+	if spec.Kind == source.File {
+		return capture.OpenFile(spec.Target, capture.FileConfig{Speed: a.cfg.ReplaySpeed, Filter: a.cfg.Capture.Filter})
+	}
+	c := a.cfg.Capture
+	c.Filter = combineFilters(c.Filter, exclude)
+	src, err := capture.OpenLive(spec.Target, c)
+	if err != nil {
+		return nil, err
+	}
+	if c.Snaplen < capture.DefaultSnaplen {
+		a.log.Warn("snaplen may cut packets short; tools such as Arkime then refuse the files unless told to read truncated packets",
+			"source", spec.Name, "snaplen", c.Snaplen)
+	}
+	return src, nil
+}
+
+func (a *Agent) closeSources() {
+	for _, r := range a.sources {
+		r.src.Close()
+	}
+}
+
+// Run captures and streams until every source has stopped and its batches
+// are acked. Cancelling ctx stops capture; delivery of what was captured
+// goes on for at most DrainTimeout.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.closeSources()
+	conn, err := a.dial()
+	if err != nil {
+		return err
+	}
+	a.conn = conn
+	defer conn.Close()
+	client := pb.NewCaptureClient(conn)
+
+	for _, r := range a.sources {
+		a.log.Info("capturing", "source", r.spec.Name, "uuid", r.spec.UUID, "interface", r.info.Interface,
+			"backend", r.info.Backend, "link_type", r.info.LinkType, "snaplen", r.info.Snaplen, "collector", a.cfg.Connect)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(a.sources))
+	for i, r := range a.sources {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = r.run(ctx, client)
+		}()
+	}
+	wg.Wait()
+	for _, r := range a.sources {
+		r.logSummary()
+	}
+	return errors.Join(errs...)
+}
+
+func (a *Agent) dial() (*grpc.ClientConn, error) {
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time:                15 * time.Second,
+			Timeout:             10 * time.Second,
+			PermitWithoutStream: true,
+		}),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  500 * time.Millisecond,
+				Multiplier: 1.6,
+				Jitter:     0.2,
+				MaxDelay:   5 * time.Second,
+			},
+			MinConnectTimeout: 10 * time.Second,
+		}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(maxBatchSize + 64<<10)),
+	}
+	conn, err := grpc.NewClient(a.cfg.Connect, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("collector address %s: %w", a.cfg.Connect, err)
+	}
+	return conn, nil
+}
+
+// selfExclusion returns a filter expression matching the agent's own
+// connection to the collector, so that capture never includes it.
+func selfExclusion(connect string) (string, error) {
+	host, portStr, err := net.SplitHostPort(connect)
+	if err != nil {
+		return "", fmt.Errorf("--connect %q: %w", connect, err)
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return "", fmt.Errorf("--connect %q: bad port: %w", connect, err)
+	}
+	var addrs []netip.Addr
+	if a, err := netip.ParseAddr(host); err == nil {
+		addrs = append(addrs, a.WithZone(""))
+	} else {
+		ips, err := net.LookupIP(host)
+		if err != nil {
+			return "", fmt.Errorf("resolve collector %s: %w", host, err)
+		}
+		for _, ip := range ips {
+			if a, ok := netip.AddrFromSlice(ip); ok {
+				addrs = append(addrs, a.Unmap())
+			}
+		}
+	}
+	if len(addrs) == 0 {
+		return "", fmt.Errorf("resolve collector %s: no addresses", host)
+	}
+	hosts := make([]string, len(addrs))
+	for i, a := range addrs {
+		hosts[i] = "host " + a.String()
+	}
+	return fmt.Sprintf("tcp and (%s) and port %d", strings.Join(hosts, " or "), port), nil
+}
+
+// combineFilters returns a filter that matches user but not exclude.
+func combineFilters(user, exclude string) string {
+	if strings.TrimSpace(user) == "" {
+		return "not (" + exclude + ")"
+	}
+	return "(" + user + ") and not (" + exclude + ")"
+}

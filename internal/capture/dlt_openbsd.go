@@ -1,0 +1,3 @@
+package capture
+
+const dltRaw = 14 // DLT_RAW on OpenBSD

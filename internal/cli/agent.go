@@ -1,0 +1,160 @@
+package cli
+
+import (
+	"context"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tapstream/tapstream/internal/agent"
+	"github.com/tapstream/tapstream/internal/bytesize"
+	"github.com/tapstream/tapstream/internal/capture"
+	"github.com/tapstream/tapstream/internal/source"
+)
+
+type agentFlags struct {
+	connect      string
+	sources      []string
+	filter       string
+	snaplen      int
+	promisc      bool
+	backend      string
+	count        int64
+	size         bytesize.Size
+	duration     time.Duration
+	replaySpeed  float64
+	batchSize    bytesize.Size
+	batchDelay   time.Duration
+	buffer       bytesize.Size
+	ringSize     bytesize.Size
+	blockSize    bytesize.Size
+	blockTimeout time.Duration
+	insecure     bool
+	disableRetry bool
+	drainTimeout time.Duration
+}
+
+func newAgentCmd(g *globals) *cobra.Command {
+	f := &agentFlags{
+		batchSize: agent.DefaultBatchSize,
+		buffer:    agent.DefaultBuffer,
+		ringSize:  capture.DefaultRingSize,
+		blockSize: capture.DefaultBlockSize,
+	}
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Capture packets and stream them to a collector",
+		Long: `Capture packets on this host and stream them to a collector.
+
+Each --source is one stream. A source is an interface, Kismet style:
+
+  IFACE[:name=NAME][,uuid=UUID]     e.g. eth0:name=web1
+
+or a capture file (pcap or pcapng) to replay, which stops at its end:
+
+  file:PATH[:name=NAME]
+
+The name defaults to <hostname>-<iface>; the UUID is derived from the host's
+machine ID and the name, so it is the same every time.
+
+--filter takes tcpdump syntax and runs in the kernel. The agent always adds
+a clause that leaves out its own connection to the collector.
+
+Stop conditions (--count, --size, --duration) apply to each source. When a
+source stops, or on SIGINT/SIGTERM, the agent sends what it has, waits for
+the collector to ack it (at most --drain-timeout) and exits 0. A second
+SIGINT quits at once.`,
+		Example: `  tapstream agent --insecure --connect 127.0.0.1:7447 --source eth0 --filter 'tcp port 443'
+  tapstream agent --insecure --connect collector:7447 --source eth0:name=web1 --count 10000
+  tapstream agent --insecure --connect 127.0.0.1:7447 --source file:trace.pcap --replay-speed 1`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd, g, f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVarP(&f.connect, "connect", "c", "", "collector address, HOST:PORT")
+	fl.StringArrayVarP(&f.sources, "source", "s", nil, "source to capture: IFACE[:name=NAME][,uuid=UUID] or file:PATH[:name=NAME] (repeatable)")
+	fl.StringVarP(&f.filter, "filter", "f", "", "capture filter in tcpdump syntax, applied in the kernel")
+	fl.IntVar(&f.snaplen, "snaplen", capture.DefaultSnaplen, "bytes kept of each packet")
+	fl.BoolVar(&f.promisc, "promisc", true, "put interfaces in promiscuous mode")
+	fl.StringVar(&f.backend, "capture", capture.DefaultBackend(), "capture backend: afpacket (Linux) or pcap (libpcap/Npcap)")
+	fl.Int64Var(&f.count, "count", 0, "stop each source after this many packets")
+	fl.Var(&f.size, "size", "stop each source after this many captured bytes, e.g. 100MB")
+	fl.DurationVar(&f.duration, "duration", 0, "stop each source after this long, e.g. 10m")
+	fl.Float64Var(&f.replaySpeed, "replay-speed", 0, "file sources: 0 replays as fast as possible, 1 in real time, 2 twice as fast")
+	fl.Var(&f.batchSize, "batch-size", "close a batch when it holds this many bytes")
+	fl.DurationVar(&f.batchDelay, "batch-delay", agent.DefaultBatchDelay, "close a batch this long after its first packet")
+	fl.Var(&f.buffer, "buffer", "memory for batches not yet acked, per source")
+	fl.Var(&f.ringSize, "ring-size", "kernel capture buffer per source")
+	fl.Var(&f.blockSize, "block-size", "AF_PACKET ring block size (a power of two)")
+	fl.DurationVar(&f.blockTimeout, "block-timeout", capture.DefaultBlockTimeout, "AF_PACKET: hand over a partly filled block after this long")
+	fl.BoolVar(&f.insecure, "insecure", false, "plaintext and no authentication (the collector must run with --insecure too)")
+	fl.BoolVar(&f.disableRetry, "disable-retry", false, "exit non-zero on the first connection failure instead of reconnecting")
+	fl.DurationVar(&f.drainTimeout, "drain-timeout", agent.DefaultDrainTimeout, "how long to wait for the last acks after capture stops")
+	return cmd
+}
+
+func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
+	log, err := g.logger()
+	if err != nil {
+		return err
+	}
+	if f.connect == "" {
+		return usagef("--connect HOST:PORT is required")
+	}
+	if len(f.sources) == 0 {
+		return usagef("at least one --source is required; `tapstream interfaces` lists this host's interfaces")
+	}
+	if f.filter != "" {
+		if err := capture.CheckFilter(f.filter); err != nil {
+			return err
+		}
+	}
+	hostname, _ := os.Hostname()
+	machineID := source.MachineID()
+	specs := make([]source.Spec, 0, len(f.sources))
+	for _, def := range f.sources {
+		s, err := source.Parse(def, hostname, machineID)
+		if err != nil {
+			return usageError{err}
+		}
+		specs = append(specs, s)
+	}
+	cfg := agent.Config{
+		Connect: f.connect,
+		Sources: specs,
+		Capture: capture.Config{
+			Backend:      f.backend,
+			Snaplen:      f.snaplen,
+			Promisc:      f.promisc,
+			RingSize:     int(f.ringSize),
+			BlockSize:    int(f.blockSize),
+			BlockTimeout: f.blockTimeout,
+			Filter:       f.filter,
+		},
+		ReplaySpeed:  f.replaySpeed,
+		Count:        f.count,
+		Size:         int64(f.size),
+		Duration:     f.duration,
+		BatchSize:    int(f.batchSize),
+		BatchDelay:   f.batchDelay,
+		Buffer:       int(f.buffer),
+		Insecure:     f.insecure,
+		DisableRetry: f.disableRetry,
+		DrainTimeout: f.drainTimeout,
+		Hostname:     hostname,
+		Logger:       log,
+	}
+	if err := cfg.Validate(); err != nil {
+		return usageError{err}
+	}
+	a, err := agent.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx := cmd.Context()
+	defer context.AfterFunc(ctx, func() {
+		log.Info("stopping: sending what was captured and waiting for the collector's ack (interrupt again to quit at once)")
+	})()
+	return a.Run(ctx)
+}

@@ -1,0 +1,147 @@
+// Package cli holds tapstream's command line: one file per subcommand, each
+// building its own cobra command. Run maps errors to exit codes: 0 success,
+// 1 failure, 2 bad usage (flags, source definitions, filters).
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/tapstream/tapstream/internal/capture"
+)
+
+// Exit codes.
+const (
+	ExitOK      = 0
+	ExitFailure = 1
+	ExitUsage   = 2
+)
+
+// EnvPrefix prefixes environment variables that set flags: --batch-delay
+// is TAPSTREAM_BATCH_DELAY.
+const EnvPrefix = "TAPSTREAM_"
+
+// usageError marks an error as the user's to fix in the command line.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// globals are the flags every subcommand shares.
+type globals struct {
+	logLevel  string
+	logFormat string
+	stdout    io.Writer
+	stderr    io.Writer
+}
+
+func (g *globals) logger() (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, usagef("--log-level %q: want debug, info, warn or error", g.logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch g.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(g.stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(g.stderr, opts)), nil
+	}
+	return nil, usagef("--log-format %q: want text or json", g.logFormat)
+}
+
+// Run runs the tapstream command line with args (without the program name)
+// and returns the exit code. ctx ends when the user asks to stop.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "tapstream",
+		Short: "Remote full-packet capture: agents stream packets to a collector that writes pcap",
+		Long: `tapstream captures full packets on remote hosts and streams them to a central
+collector, which stores them as pcap files that Wireshark, tshark, Arkime,
+Zeek and Suricata read.
+
+Start a collector, then point agents at it:
+
+  tapstream collector --insecure --data ./tapstream-data
+  tapstream agent --insecure --connect 127.0.0.1:7447 --source eth0 --filter 'tcp port 443'
+
+Every flag can also be set with an environment variable: TAPSTREAM_ and the
+flag's name in capitals with '_' for '-', such as TAPSTREAM_CONNECT.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return applyEnv(cmd.Flags())
+		},
+	}
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+	root.AddCommand(
+		newCollectorCmd(g),
+		newAgentCmd(g),
+		newInterfacesCmd(g),
+		newVersionCmd(g),
+	)
+	root.CompletionOptions.HiddenDefaultCmd = true
+
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return ExitOK
+	}
+	fmt.Fprintf(stderr, "tapstream: %v\n", err)
+	var ue usageError
+	var fe *capture.FilterError
+	var ie *capture.UnknownInterfaceError
+	switch {
+	case errors.As(err, &ue), errors.As(err, &fe), errors.As(err, &ie), isCobraUsage(err):
+		return ExitUsage
+	}
+	return ExitFailure
+}
+
+// isCobraUsage recognises cobra's own argument errors.
+func isCobraUsage(err error) bool {
+	msg := err.Error()
+	return strings.HasPrefix(msg, "unknown command") || strings.Contains(msg, "accepts ") && strings.Contains(msg, " arg(s)")
+}
+
+// applyEnv sets every flag not given on the command line from its
+// environment variable, if set.
+func applyEnv(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed || f.Name == "help" {
+			return
+		}
+		name := EnvPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		v, ok := os.LookupEnv(name)
+		if !ok {
+			return
+		}
+		if sv, isSlice := f.Value.(pflag.SliceValue); isSlice {
+			err = sv.Replace(strings.Fields(v))
+		} else {
+			err = f.Value.Set(v)
+		}
+		if err != nil {
+			err = usagef("%s=%q: %v", name, v, err)
+			return
+		}
+		f.Changed = true
+	})
+	return err
+}

@@ -1,0 +1,419 @@
+// Package collector receives agents' streams and stores their packets.
+//
+// Each stream is one source. Its handler reads batches in order, checks the
+// sequence number (dropping duplicates it already stored), validates the
+// records, writes them to the source's pcap file in one write, and only then
+// acks. A malformed or out-of-order message ends that stream alone.
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/tapstream/tapstream/internal/source"
+	"github.com/tapstream/tapstream/internal/wire"
+	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
+)
+
+// Defaults for Config.
+const (
+	DefaultPort            = 7447
+	DefaultMaxMessageBytes = 16 << 20
+	DefaultHelloTimeout    = 10 * time.Second
+	DefaultShutdownTimeout = 10 * time.Second
+)
+
+// Config configures a collector.
+type Config struct {
+	DataDir         string
+	MaxMessageBytes int
+	// Fsync makes the collector sync each batch to disk before acking it.
+	Fsync           bool
+	HelloTimeout    time.Duration
+	ShutdownTimeout time.Duration
+	Logger          *slog.Logger
+}
+
+// Validate checks c and fills in defaults.
+func (c *Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("data directory not set")
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if c.MaxMessageBytes < 1<<20 {
+		return fmt.Errorf("max message size %d below 1 MiB", c.MaxMessageBytes)
+	}
+	if c.HelloTimeout == 0 {
+		c.HelloTimeout = DefaultHelloTimeout
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Server is the collector's gRPC service.
+type Server struct {
+	pb.UnimplementedCaptureServer
+	cfg     Config
+	log     *slog.Logger
+	pcapDir string
+
+	mu       sync.Mutex
+	live     map[uuid.UUID]*session // streaming now
+	resume   map[uuid.UUID]resumePoint
+	totals   map[uuid.UUID]*Totals
+	stopping bool
+
+	shutdown chan struct{} // closed when shutdown begins
+	sessions sync.WaitGroup
+}
+
+// resumePoint is the last batch stored for a source's capture run.
+type resumePoint struct {
+	captureID string
+	seq       uint64
+}
+
+// Totals are a source's counters since the collector started.
+type Totals struct {
+	Name           string
+	UUID           uuid.UUID
+	Packets        uint64
+	Bytes          uint64 // captured bytes stored
+	Batches        uint64
+	Duplicates     uint64 // batches received again and skipped
+	KernelDrops    uint64
+	InterfaceDrops uint64
+	AgentDrops     uint64
+	Files          uint64
+	Sessions       uint64
+}
+
+// New creates the data directory and returns a Server.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	pcapDir := filepath.Join(cfg.DataDir, "pcap")
+	if err := os.MkdirAll(pcapDir, 0o750); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	if err := checkWritable(pcapDir); err != nil {
+		return nil, err
+	}
+	return &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		pcapDir:  pcapDir,
+		live:     map[uuid.UUID]*session{},
+		resume:   map[uuid.UUID]resumePoint{},
+		totals:   map[uuid.UUID]*Totals{},
+		shutdown: make(chan struct{}),
+	}, nil
+}
+
+func checkWritable(dir string) error {
+	f, err := os.CreateTemp(dir, ".write-test-*")
+	if err != nil {
+		return fmt.Errorf("data directory %s is not writable: %w", dir, err)
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
+}
+
+// GRPCServer returns a grpc.Server with this service registered and the
+// collector's limits and keepalive policy applied.
+func (s *Server) GRPCServer(extra ...grpc.ServerOption) *grpc.Server {
+	opts := append([]grpc.ServerOption{
+		grpc.MaxRecvMsgSize(s.cfg.MaxMessageBytes),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             10 * time.Second,
+			PermitWithoutStream: true,
+		}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    15 * time.Second,
+			Timeout: 10 * time.Second,
+		}),
+	}, extra...)
+	g := grpc.NewServer(opts...)
+	pb.RegisterCaptureServer(g, s)
+	return g
+}
+
+// Serve serves on lis until ctx ends, then shuts down gracefully: it stops
+// accepting streams, lets every stream store and ack what it has received,
+// closes the files, and returns.
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	g := s.GRPCServer()
+	errc := make(chan error, 1)
+	go func() { errc <- g.Serve(lis) }()
+	select {
+	case err := <-errc:
+		s.beginShutdown()
+		s.sessions.Wait()
+		return err
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down: finishing the batches in hand")
+	s.beginShutdown()
+	done := make(chan struct{})
+	go func() {
+		s.sessions.Wait()
+		g.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(s.cfg.ShutdownTimeout):
+		s.log.Warn("shutdown timeout: closing remaining connections")
+		g.Stop()
+		<-done
+	}
+	return nil
+}
+
+func (s *Server) beginShutdown() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.stopping {
+		s.stopping = true
+		close(s.shutdown)
+	}
+}
+
+// Totals returns every source's counters, ordered by name.
+func (s *Server) Totals() []Totals {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Totals, 0, len(s.totals))
+	for _, t := range s.totals {
+		out = append(out, *t)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Stream implements pb.CaptureServer: one source's stream.
+func (s *Server) Stream(stream pb.Capture_StreamServer) error {
+	ctx := stream.Context()
+	remote := "unknown"
+	if p, ok := peer.FromContext(ctx); ok {
+		remote = p.Addr.String()
+	}
+	log := s.log.With("peer", remote)
+
+	hello, err := s.recvHello(stream)
+	if err != nil {
+		log.Warn("stream ended before Hello", "err", err)
+		return err
+	}
+	sess, ref := s.admit(hello, remote)
+	if ref != nil {
+		log.Warn("refused source", "source", hello.GetSourceName(), "uuid", hello.GetSourceUuid(), "reason", ref.Reason, "err", ref.Message)
+		stream.Send(&pb.CollectorMessage{Msg: &pb.CollectorMessage_Refusal{Refusal: ref}})
+		return status.Error(refusalCode(ref.Reason), ref.Message)
+	}
+	defer s.release(sess)
+	log = log.With("source", sess.name, "uuid", sess.uuid, "session", sess.id)
+	sess.log = log
+	log.Info("agent connected",
+		"hostname", hello.Hostname, "os", hello.Os, "arch", hello.Arch,
+		"interface", hello.Interface, "link_type", hello.LinkType, "snaplen", hello.Snaplen,
+		"filter", hello.Filter, "agent_version", hello.AgentVersion, "resume_after", sess.lastSeq)
+
+	err = stream.Send(&pb.CollectorMessage{Msg: &pb.CollectorMessage_Welcome{Welcome: &pb.Welcome{
+		SessionId:             sess.id,
+		ResumeAfterSeq:        sess.lastSeq,
+		MaxMessageBytes:       uint32(s.cfg.MaxMessageBytes),
+		CollectorTimeUnixNano: time.Now().UnixNano(),
+	}}})
+	if err != nil {
+		return err
+	}
+	err = sess.run(stream)
+	if cerr := sess.close(); cerr != nil {
+		log.Error("closing capture file failed", "err", cerr)
+		err = errors.Join(err, cerr)
+	}
+	st, _ := status.FromError(err)
+	switch {
+	case err == nil:
+		log.Info("agent finished", sess.summaryAttrs()...)
+	case st.Code() == codes.Unavailable || st.Code() == codes.Canceled:
+		log.Info("stream ended", append(sess.summaryAttrs(), "reason", err)...)
+	default:
+		log.Warn("stream ended with an error", append(sess.summaryAttrs(), "err", err)...)
+	}
+	return err
+}
+
+// recvHello waits at most HelloTimeout for the stream's first message.
+func (s *Server) recvHello(stream pb.Capture_StreamServer) (*pb.Hello, error) {
+	type result struct {
+		m   *pb.AgentMessage
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		m, err := stream.Recv()
+		ch <- result{m, err}
+	}()
+	var res result
+	select {
+	case res = <-ch:
+	case <-time.After(s.cfg.HelloTimeout):
+		return nil, status.Errorf(codes.DeadlineExceeded, "no Hello within %v", s.cfg.HelloTimeout)
+	}
+	if res.err != nil {
+		return nil, res.err
+	}
+	h := res.m.GetHello()
+	if h == nil {
+		return nil, status.Error(codes.InvalidArgument, "the first message of a stream must be Hello")
+	}
+	return h, nil
+}
+
+// admit validates hello and registers a session, or returns a refusal.
+func (s *Server) admit(h *pb.Hello, remote string) (*session, *pb.Refusal) {
+	refuse := func(r pb.Refusal_Reason, format string, args ...any) (*session, *pb.Refusal) {
+		return nil, &pb.Refusal{Reason: r, Message: fmt.Sprintf(format, args...)}
+	}
+	if h.ProtocolVersion != uint32(pb.ProtocolVersion_PROTOCOL_VERSION_1) {
+		return refuse(pb.Refusal_REASON_UNSUPPORTED_VERSION, "protocol version %d not supported; this collector speaks version 1", h.ProtocolVersion)
+	}
+	id, err := uuid.Parse(h.SourceUuid)
+	if err != nil {
+		return refuse(pb.Refusal_REASON_INVALID_HELLO, "bad source UUID: %v", err)
+	}
+	name, err := source.SanitizeName(h.SourceName)
+	if err != nil {
+		return refuse(pb.Refusal_REASON_INVALID_HELLO, "%v", err)
+	}
+	switch {
+	case h.CaptureId == "" || len(h.CaptureId) > 64:
+		return refuse(pb.Refusal_REASON_INVALID_HELLO, "capture id must be 1 to 64 bytes")
+	case h.Snaplen == 0 || h.Snaplen > wire.MaxSnaplen:
+		return refuse(pb.Refusal_REASON_INVALID_HELLO, "snaplen %d out of range (1 to %d)", h.Snaplen, wire.MaxSnaplen)
+	case h.LinkType > 0xffff:
+		return refuse(pb.Refusal_REASON_INVALID_HELLO, "link type %d out of range", h.LinkType)
+	}
+
+	dir := filepath.Join(s.pcapDir, name)
+	if !filepath.IsLocal(name) || filepath.Dir(dir) != s.pcapDir {
+		return refuse(pb.Refusal_REASON_INVALID_HELLO, "source name %q is not a plain name", name)
+	}
+	// Create the directory now, well before a file in it closes: Arkime's
+	// monitor misses files closed right after their directory appears.
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		s.log.Error("cannot create source directory", "dir", dir, "err", err)
+		return refuse(pb.Refusal_REASON_STORAGE_UNAVAILABLE, "collector cannot create the source's directory")
+	}
+
+	for {
+		s.mu.Lock()
+		if s.stopping {
+			s.mu.Unlock()
+			return refuse(pb.Refusal_REASON_SHUTTING_DOWN, "collector is shutting down")
+		}
+		old := s.live[id]
+		if old == nil {
+			break
+		}
+		s.mu.Unlock()
+		if old.captureID != h.CaptureId {
+			return refuse(pb.Refusal_REASON_DUPLICATE_SOURCE,
+				"source %s (%s) is already streaming from %s; give each agent's source its own name or uuid", id, name, old.remote)
+		}
+		// The same capture run reconnecting (its old connection may not
+		// have died yet): end the old stream and take over.
+		old.kick()
+		select {
+		case <-old.done:
+		case <-time.After(s.cfg.ShutdownTimeout):
+			return refuse(pb.Refusal_REASON_DUPLICATE_SOURCE, "previous stream of source %s is still closing", id)
+		}
+	}
+	defer s.mu.Unlock()
+	var last uint64
+	if rp, ok := s.resume[id]; ok && rp.captureID == h.CaptureId {
+		last = rp.seq
+	}
+	tot := s.totals[id]
+	if tot == nil {
+		tot = &Totals{UUID: id}
+		s.totals[id] = tot
+	}
+	tot.Name = name
+	tot.Sessions++
+	sess := &session{
+		srv:       s,
+		id:        uuid.NewString(),
+		uuid:      id,
+		name:      name,
+		captureID: h.CaptureId,
+		remote:    remote,
+		hello:     h,
+		dir:       dir,
+		lastSeq:   last,
+		totals:    tot,
+		kicked:    make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+	s.live[id] = sess
+	s.sessions.Add(1)
+	return sess, nil
+}
+
+// release unregisters sess and remembers where its capture run stopped.
+func (s *Server) release(sess *session) {
+	s.mu.Lock()
+	if s.live[sess.uuid] == sess {
+		delete(s.live, sess.uuid)
+	}
+	s.resume[sess.uuid] = resumePoint{captureID: sess.captureID, seq: sess.lastSeq}
+	s.mu.Unlock()
+	close(sess.done)
+	s.sessions.Done()
+}
+
+func refusalCode(r pb.Refusal_Reason) codes.Code {
+	switch r {
+	case pb.Refusal_REASON_NO_CREDENTIALS, pb.Refusal_REASON_BAD_CREDENTIALS,
+		pb.Refusal_REASON_TOKEN_EXPIRED, pb.Refusal_REASON_TOKEN_REVOKED:
+		return codes.Unauthenticated
+	case pb.Refusal_REASON_FORBIDDEN_ROLE:
+		return codes.PermissionDenied
+	case pb.Refusal_REASON_DUPLICATE_SOURCE:
+		return codes.AlreadyExists
+	case pb.Refusal_REASON_RESOURCE_LIMIT:
+		return codes.ResourceExhausted
+	case pb.Refusal_REASON_SHUTTING_DOWN, pb.Refusal_REASON_STORAGE_UNAVAILABLE:
+		return codes.Unavailable
+	case pb.Refusal_REASON_UNSUPPORTED_VERSION:
+		return codes.FailedPrecondition
+	}
+	return codes.InvalidArgument
+}

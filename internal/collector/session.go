@@ -1,0 +1,243 @@
+package collector
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tapstream/tapstream/internal/pcapfile"
+	"github.com/tapstream/tapstream/internal/wire"
+	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
+)
+
+// session is one live stream of one source.
+type session struct {
+	srv       *Server
+	id        string
+	uuid      uuid.UUID
+	name      string
+	captureID string
+	remote    string
+	hello     *pb.Hello
+	dir       string
+	log       *slog.Logger
+	totals    *Totals // shared with later sessions; guarded by srv.mu
+
+	lastSeq uint64 // highest seq stored
+	w       *pcapfile.Writer
+
+	// This session's own counters, for its log line.
+	packets, bytes, batches uint64
+
+	kickOnce sync.Once
+	kicked   chan struct{} // closed to end the stream for a takeover
+	done     chan struct{} // closed once the session is released
+}
+
+func (s *session) kick() { s.kickOnce.Do(func() { close(s.kicked) }) }
+
+// recvResult is one Recv's outcome.
+type recvResult struct {
+	m   *pb.AgentMessage
+	err error
+}
+
+// run receives and stores batches until the agent closes the stream, an
+// error, a takeover or a shutdown.
+func (s *session) run(stream pb.Capture_StreamServer) error {
+	// The receiver reads one message ahead, so the next batch arrives
+	// while this one is written.
+	msgs := make(chan recvResult, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			select {
+			case msgs <- recvResult{m, err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+
+	for {
+		var res recvResult
+		select {
+		case res = <-msgs:
+		case <-s.srv.shutdown:
+			return s.drain(stream, msgs)
+		case <-s.kicked:
+			return status.Error(codes.Aborted, "replaced by a newer stream of the same capture")
+		case <-stream.Context().Done():
+			return status.FromContextError(stream.Context().Err()).Err()
+		}
+		if errors.Is(res.err, io.EOF) {
+			return nil
+		}
+		if res.err != nil {
+			return res.err
+		}
+		if err := s.handle(stream, res.m); err != nil {
+			return err
+		}
+	}
+}
+
+// drain stores a batch already received when shutdown began, then ends the
+// stream so the agent reconnects later.
+func (s *session) drain(stream pb.Capture_StreamServer, msgs <-chan recvResult) error {
+	select {
+	case res := <-msgs:
+		if res.err == nil {
+			if err := s.handle(stream, res.m); err != nil {
+				return err
+			}
+		}
+	default:
+	}
+	return status.Error(codes.Unavailable, "collector is shutting down; reconnect later")
+}
+
+// handle processes one message after Hello.
+func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) error {
+	b := m.GetBatch()
+	if b == nil {
+		return status.Errorf(codes.InvalidArgument, "unexpected %T after Hello", m.GetMsg())
+	}
+	switch {
+	case b.Seq <= s.lastSeq:
+		// Sent again after a reconnect; it is stored already.
+		s.srv.mu.Lock()
+		s.totals.Duplicates++
+		s.srv.mu.Unlock()
+		return s.ack(stream, s.lastSeq)
+	case b.Seq != s.lastSeq+1:
+		return status.Errorf(codes.InvalidArgument, "batch seq %d out of order: expected %d", b.Seq, s.lastSeq+1)
+	}
+	records, err := s.records(b)
+	if err != nil {
+		return err
+	}
+	sum, err := wire.Validate(records, int(s.hello.Snaplen))
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "batch %d: %v", b.Seq, err)
+	}
+	if sum.Packets != int(b.Packets) {
+		return status.Errorf(codes.InvalidArgument, "batch %d: says %d packets, holds %d", b.Seq, b.Packets, sum.Packets)
+	}
+	if sum.Packets > 0 && (sum.First != b.FirstUnixNano || sum.Last != b.LastUnixNano) {
+		return status.Errorf(codes.InvalidArgument, "batch %d: first/last timestamps do not match its records", b.Seq)
+	}
+	if sum.Packets > 0 {
+		if err := s.write(records, sum.First); err != nil {
+			s.log.Error("storing batch failed", "seq", b.Seq, "err", err)
+			return status.Errorf(codes.Unavailable, "collector could not store the batch: %v", err)
+		}
+	}
+	s.lastSeq = b.Seq
+	s.packets += uint64(sum.Packets)
+	s.bytes += uint64(sum.CapturedBytes)
+	s.batches++
+	s.srv.mu.Lock()
+	t := s.totals
+	t.Packets += uint64(sum.Packets)
+	t.Bytes += uint64(sum.CapturedBytes)
+	t.Batches++
+	t.KernelDrops += b.KernelDrops
+	t.InterfaceDrops += b.InterfaceDrops
+	t.AgentDrops += b.AgentDrops
+	s.srv.mu.Unlock()
+	if b.KernelDrops+b.InterfaceDrops+b.AgentDrops > 0 {
+		s.log.Warn("agent reports lost packets", "kernel_drops", b.KernelDrops,
+			"interface_drops", b.InterfaceDrops, "agent_drops", b.AgentDrops)
+	}
+	return s.ack(stream, b.Seq)
+}
+
+// records returns the batch's records, decompressed.
+func (s *session) records(b *pb.Batch) ([]byte, error) {
+	switch b.Compression {
+	case pb.Compression_COMPRESSION_NONE:
+		if int(b.RecordsLength) != len(b.Records) {
+			return nil, status.Errorf(codes.InvalidArgument, "batch %d: records_length %d but %d bytes of records", b.Seq, b.RecordsLength, len(b.Records))
+		}
+		return b.Records, nil
+	}
+	return nil, status.Errorf(codes.InvalidArgument, "batch %d: compression %v not supported", b.Seq, b.Compression)
+}
+
+func (s *session) ack(stream pb.Capture_StreamServer, seq uint64) error {
+	return stream.Send(&pb.CollectorMessage{Msg: &pb.CollectorMessage_Ack{Ack: &pb.Ack{Seq: seq}}})
+}
+
+// write appends records to the session's file, creating it on first use.
+func (s *session) write(records []byte, first int64) error {
+	if s.w == nil {
+		w, err := s.create(first)
+		if err != nil {
+			return err
+		}
+		s.w = w
+		s.srv.mu.Lock()
+		s.totals.Files++
+		s.srv.mu.Unlock()
+		s.log.Info("writing", "file", w.Path())
+	}
+	if err := s.w.WriteRecords(records); err != nil {
+		return err
+	}
+	if s.srv.cfg.Fsync {
+		return s.w.Sync()
+	}
+	return nil
+}
+
+// fileTimeFormat names files by their first packet's UTC time, so that
+// names sort by time.
+const fileTimeFormat = "20060102T150405.000Z"
+
+// create opens a new file named for first, moving on by a millisecond
+// while the name is taken.
+func (s *session) create(first int64) (*pcapfile.Writer, error) {
+	t := time.Unix(0, first).UTC()
+	for range 1000 {
+		path := filepath.Join(s.dir, s.name+"-"+t.Format(fileTimeFormat)+".pcap")
+		w, err := pcapfile.Create(path, s.hello.LinkType, int(s.hello.Snaplen))
+		if err == nil {
+			return w, nil
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("create capture file: %w", err)
+		}
+		t = t.Add(time.Millisecond)
+	}
+	return nil, fmt.Errorf("create capture file in %s: every name is taken", s.dir)
+}
+
+// close closes the session's file, if any.
+func (s *session) close() error {
+	if s.w == nil {
+		return nil
+	}
+	err := s.w.Close()
+	s.log.Info("closed file", "file", s.w.Path(), "bytes", s.w.Size())
+	s.w = nil
+	return err
+}
+
+func (s *session) summaryAttrs() []any {
+	return []any{"packets", s.packets, "bytes", s.bytes, "batches", s.batches, "last_seq", s.lastSeq}
+}
