@@ -157,13 +157,44 @@ func (r *sourceRun) capture(ctx context.Context) error {
 	}
 	defer flush()
 
+	// After a stop request, a live source drains what the kernel captured
+	// before the request (up to maxDrain), so stopping loses nothing.
+	var stopAt int64
+	var drainUntil time.Time
+	stopping := func() bool {
+		if stopAt != 0 {
+			return false
+		}
+		if ctx.Err() == nil {
+			return false
+		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			r.setStop(fmt.Sprintf("reached --duration %v", cfg.Duration))
+		}
+		r.setStop("stopped")
+		if r.info.Backend == "file" {
+			return true
+		}
+		now := time.Now()
+		stopAt = now.UnixNano()
+		drainUntil = now.Add(maxDrain)
+		return false
+	}
+
 	for {
-		err := r.src.Next(&pkt, deadline)
+		wait := deadline
+		if stopAt != 0 {
+			// Wait long enough for the kernel to hand over its last block.
+			wait = time.Now().Add(2*r.a.cfg.Capture.BlockTimeout + 20*time.Millisecond)
+			if wait.After(drainUntil) {
+				wait = drainUntil
+			}
+		}
+		err := r.src.Next(&pkt, wait)
 		switch {
 		case err == nil:
 		case errors.Is(err, capture.ErrTimeout):
-			if ctx.Err() != nil {
-				r.setStop("stopped")
+			if stopAt != 0 || stopping() {
 				return nil
 			}
 			if b.Packets() > 0 && !time.Now().Before(deadline) {
@@ -176,6 +207,9 @@ func (r *sourceRun) capture(ctx context.Context) error {
 		default:
 			r.setStop("capture error")
 			return err
+		}
+		if stopAt != 0 && (pkt.Timestamp > stopAt || time.Now().After(drainUntil)) {
+			return nil
 		}
 
 		n := len(pkt.Data)
@@ -200,8 +234,7 @@ func (r *sourceRun) capture(ctx context.Context) error {
 		// at the clock and the context now and then.
 		if tick++; tick == checkEvery {
 			tick = 0
-			if ctx.Err() != nil {
-				r.setStop("stopped")
+			if stopping() {
 				return nil
 			}
 			if !time.Now().Before(deadline) {
@@ -210,6 +243,10 @@ func (r *sourceRun) capture(ctx context.Context) error {
 		}
 	}
 }
+
+// maxDrain bounds how long a stopping live source keeps reading what the
+// kernel captured before the stop.
+const maxDrain = 2 * time.Second
 
 // pendingDrops are losses not yet reported in a batch.
 type pendingDrops struct{ kernel, iface, agent uint64 }
@@ -251,7 +288,7 @@ func (r *sourceRun) setStop(reason string) {
 func (r *sourceRun) deliver(ctx context.Context, client pb.CaptureClient) error {
 	bo := backoffPolicy{base: time.Second, max: r.a.cfg.MaxBackoff}
 	for attempt := 1; ; attempt++ {
-		welcomed, err := r.session(ctx, client)
+		progressed, err := r.session(ctx, client)
 		if err == nil {
 			return nil
 		}
@@ -266,13 +303,19 @@ func (r *sourceRun) deliver(ctx context.Context, client pb.CaptureClient) error 
 		if r.a.cfg.DisableRetry {
 			return fmt.Errorf("stream to collector %s: %w (not retrying: --disable-retry)", r.a.cfg.Connect, err)
 		}
-		if welcomed {
+		if progressed {
 			bo.reset()
 			attempt = 1
 		}
 		wait := bo.next()
 		r.stats.reconnects.Add(1)
-		r.log.Warn("stream to collector failed; retrying", "collector", r.a.cfg.Connect, "attempt", attempt, "in", wait.Round(time.Millisecond), "err", err)
+		msg := "stream to collector failed; retrying"
+		if status.Code(err) == codes.Unavailable && !progressed {
+			msg = "collector unreachable; retrying"
+		}
+		b, p := r.q.pending()
+		r.log.Warn(msg, "collector", r.a.cfg.Connect, "attempt", attempt, "in", wait.Round(time.Millisecond),
+			"buffered_batches", b, "buffered_packets", p, "err", err)
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
@@ -285,9 +328,9 @@ func (r *sourceRun) deliver(ctx context.Context, client pb.CaptureClient) error 
 const helloTimeout = 15 * time.Second
 
 // session runs one stream. It returns nil once every batch is acked and the
-// collector has closed the stream, and reports whether the collector
-// welcomed the stream before it ended.
-func (r *sourceRun) session(ctx context.Context, client pb.CaptureClient) (welcomed bool, err error) {
+// collector has closed the stream, and reports whether the collector acked
+// anything before the stream ended.
+func (r *sourceRun) session(ctx context.Context, client pb.CaptureClient) (progressed bool, err error) {
 	g, gctx := errgroup.WithContext(ctx)
 	sctx, cancel := context.WithCancel(gctx)
 	defer cancel()
@@ -318,10 +361,11 @@ func (r *sourceRun) session(ctx context.Context, client pb.CaptureClient) (welco
 		return false, fmt.Errorf("collector answered Hello with %T", m.Msg)
 	}
 
+	before := r.q.lastAcked()
 	g.Go(func() error { return r.sendLoop(sctx, stream) })
 	g.Go(func() error { return r.recvLoop(stream) })
 	err = g.Wait()
-	return true, err
+	return r.q.lastAcked() > before, err
 }
 
 func (r *sourceRun) sendLoop(ctx context.Context, stream pb.Capture_StreamClient) error {

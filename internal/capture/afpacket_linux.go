@@ -62,21 +62,33 @@ type afpacket struct {
 	vlanBuf []byte // packet with its VLAN tag put back
 
 	kernelDrops uint64
+	sysStats    bool // /sys/class/net describes this interface (same namespace)
 	ifDropsBase uint64
 	pollfd      [1]unix.PollFd
 }
 
 func openAFPacket(iface string, c Config) (Source, error) {
-	linkType, err := linuxLinkType(iface)
+	if iface == "any" {
+		return nil, errors.New(`capturing on all interfaces ("any") needs --capture pcap`)
+	}
+	ifi, err := interfaceByName(iface)
 	if err != nil {
+		return nil, err
+	}
+	// The socket receives nothing until it is bound, below.
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open AF_PACKET socket on %s: %w (capturing needs root or CAP_NET_RAW)", iface, err)
+	}
+	h := &afpacket{fd: fd, blockSize: c.BlockSize, numBlocks: c.RingSize / c.BlockSize, ifaceName: iface}
+	linkType, err := linuxLinkType(fd, iface)
+	if err != nil {
+		unix.Close(fd)
 		return nil, err
 	}
 	prog, err := CompileFilter(linkType, c.Snaplen, c.Filter)
 	if err != nil {
-		return nil, err
-	}
-	ifi, err := interfaceByName(iface)
-	if err != nil {
+		unix.Close(fd)
 		return nil, err
 	}
 	if ifi.Flags&net.FlagLoopback != 0 {
@@ -84,12 +96,6 @@ func openAFPacket(iface string, c Config) (Source, error) {
 		// once incoming; libpcap drops the outgoing copy and so do we.
 		prog = append(dropOutgoing(), prog...)
 	}
-
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open AF_PACKET socket on %s: %w (capturing needs root or CAP_NET_RAW)", iface, err)
-	}
-	h := &afpacket{fd: fd, blockSize: c.BlockSize, numBlocks: c.RingSize / c.BlockSize, ifaceName: iface}
 	if err := h.setup(ifi.Index, prog, c); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("capture on %s: %w", iface, err)
@@ -103,7 +109,10 @@ func openAFPacket(iface string, c Config) (Source, error) {
 		Backend:     BackendAFPacket,
 	}
 	h.vlanBuf = make([]byte, c.Snaplen+4)
-	h.ifDropsBase = readIfDrops(iface)
+	h.sysStats = sysfsMatches(iface, ifi.Index)
+	if h.sysStats {
+		h.ifDropsBase = readIfDrops(iface)
+	}
 	h.pollfd[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN | unix.POLLERR}
 	return h, nil
 }
@@ -273,8 +282,10 @@ func (h *afpacket) Stats() (Stats, error) {
 	}
 	h.kernelDrops += uint64(st.Drops)
 	var ifDrops uint64
-	if d := readIfDrops(h.ifaceName); d >= h.ifDropsBase {
-		ifDrops = d - h.ifDropsBase
+	if h.sysStats {
+		if d := readIfDrops(h.ifaceName); d >= h.ifDropsBase {
+			ifDrops = d - h.ifDropsBase
+		}
 	}
 	return Stats{KernelDrops: h.kernelDrops, InterfaceDrops: ifDrops}, nil
 }
@@ -296,16 +307,18 @@ func (h *afpacket) Close() error {
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// linuxLinkType maps the interface's ARPHRD type to a pcap link type.
-func linuxLinkType(iface string) (uint32, error) {
-	b, err := os.ReadFile("/sys/class/net/" + iface + "/type")
+// linuxLinkType maps the interface's ARPHRD type to a pcap link type. It
+// asks the kernel through fd, which works in any network namespace.
+func linuxLinkType(fd int, iface string) (uint32, error) {
+	ifr, err := unix.NewIfreq(iface)
 	if err != nil {
+		return 0, fmt.Errorf("interface %s: %w", iface, err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFHWADDR, ifr); err != nil {
 		return 0, fmt.Errorf("read link type of %s: %w", iface, err)
 	}
-	t, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return 0, fmt.Errorf("read link type of %s: %w", iface, err)
-	}
+	// ifr_hwaddr is a struct sockaddr whose family is the ARPHRD type.
+	t := ifr.Uint16()
 	switch t {
 	case unix.ARPHRD_ETHER, unix.ARPHRD_LOOPBACK:
 		return LinkTypeEthernet, nil
@@ -313,6 +326,18 @@ func linuxLinkType(iface string) (uint32, error) {
 		return LinkTypeRaw, nil
 	}
 	return 0, fmt.Errorf("interface %s has link type ARPHRD %d, which the afpacket backend does not handle; use --capture pcap", iface, t)
+}
+
+// sysfsMatches reports whether /sys/class/net shows this very interface;
+// it does not when the process entered another network namespace without
+// remounting /sys.
+func sysfsMatches(iface string, index int) bool {
+	b, err := os.ReadFile("/sys/class/net/" + iface + "/ifindex")
+	if err != nil {
+		return false
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return err == nil && n == index
 }
 
 // readIfDrops returns the interface's receive drop counters, or 0.

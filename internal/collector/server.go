@@ -358,7 +358,9 @@ func (s *Server) admit(h *pb.Hello, remote string) (*session, *pb.Refusal) {
 	}
 	defer s.mu.Unlock()
 	var last uint64
-	if rp, ok := s.resume[id]; ok && rp.captureID == h.CaptureId {
+	rp, known := s.resume[id]
+	known = known && rp.captureID == h.CaptureId
+	if known {
 		last = rp.seq
 	}
 	tot := s.totals[id]
@@ -378,6 +380,7 @@ func (s *Server) admit(h *pb.Hello, remote string) (*session, *pb.Refusal) {
 		hello:     h,
 		dir:       dir,
 		lastSeq:   last,
+		known:     known,
 		totals:    tot,
 		kicked:    make(chan struct{}),
 		done:      make(chan struct{}),

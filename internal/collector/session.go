@@ -33,7 +33,10 @@ type session struct {
 	totals    *Totals // shared with later sessions; guarded by srv.mu
 
 	lastSeq uint64 // highest seq stored
-	w       *pcapfile.Writer
+	// known says lastSeq is where this capture run stopped. When the
+	// collector has no record of the run, the first batch sets the base.
+	known bool
+	w     *pcapfile.Writer
 
 	// This session's own counters, for its log line.
 	packets, bytes, batches uint64
@@ -116,6 +119,12 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	b := m.GetBatch()
 	if b == nil {
 		return status.Errorf(codes.InvalidArgument, "unexpected %T after Hello", m.GetMsg())
+	}
+	if !s.known {
+		if b.Seq == 0 {
+			return status.Error(codes.InvalidArgument, "batch seq 0: seqs start at 1")
+		}
+		s.lastSeq, s.known = b.Seq-1, true
 	}
 	switch {
 	case b.Seq <= s.lastSeq:

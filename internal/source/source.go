@@ -113,7 +113,7 @@ func splitOptions(body string) (target, opts string) {
 
 // SanitizeName maps a source name to one safe as a single path element and
 // in logs: letters, digits, '.', '_' and '-', at most MaxNameLen bytes, not
-// starting with '.'. Other characters become '_'. A name with nothing usable
+// starting or ending with '.' or '_'. Other characters become '_'. A name with nothing usable
 // left is an error.
 func SanitizeName(name string) (string, error) {
 	var b strings.Builder
@@ -122,15 +122,13 @@ func SanitizeName(name string) (string, error) {
 			break
 		}
 		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '-':
-			b.WriteRune(r)
-		case r == '.' && b.Len() > 0:
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '-', r == '.':
 			b.WriteRune(r)
 		default:
 			b.WriteByte('_')
 		}
 	}
-	out := strings.Trim(b.String(), "_")
+	out := strings.Trim(b.String(), "_.")
 	if out == "" {
 		return "", fmt.Errorf("source name %q has no usable characters (use letters, digits, '.', '_', '-')", name)
 	}

@@ -1,0 +1,49 @@
+# tapstream: `make demo` runs the main job on this host; `make test` runs the tests.
+
+GO            ?= go
+BIN           := bin/tapstream
+STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+FUZZTIME      ?= 30s
+
+.PHONY: all build deps demo test unit e2e lint fuzz proto clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/tapstream
+
+# System packages (libpcap-dev, tshark, tcpdump, iproute2), installed with apt-get when missing.
+deps:
+	./scripts/deps.sh
+
+demo: deps build
+	./scripts/demo.sh
+
+test: deps lint unit e2e
+
+unit:
+	$(GO) test -race -count=1 ./internal/...
+
+e2e:
+	$(GO) test -count=1 -timeout 10m ./e2e/...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+# Native fuzzing of every decoder that reads agent input, FUZZTIME each.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzValidate$$' -fuzztime $(FUZZTIME) ./internal/wire
+
+# Regenerate the protocol's Go code (committed) from proto/.
+proto:
+	GOBIN=$(CURDIR)/bin $(GO) install $(PROTOC_GEN_GO) $(PROTOC_GEN_GRPC)
+	PATH=$(CURDIR)/bin:$$PATH protoc --go_out=. --go_opt=paths=source_relative \
+	  --go-grpc_out=. --go-grpc_opt=paths=source_relative proto/tapstream/v1/tapstream.proto
+
+clean:
+	rm -rf bin

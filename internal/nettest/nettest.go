@@ -1,0 +1,224 @@
+// Package nettest builds throwaway networks for tests: network namespaces
+// joined by veth pairs, each named uniquely so tests run in parallel, and
+// removed when the test ends. Traffic in these tests never leaves the
+// namespaces the test created.
+package nettest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// RequireRoot skips t, saying why, unless it can create network namespaces.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces and capture packets; run `sudo make test`")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs the ip command (iproute2) to create network namespaces")
+	}
+}
+
+// RequireTool skips t unless the named programs are on PATH.
+func RequireTool(t testing.TB, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			t.Skipf("needs %s on PATH (make deps installs it)", n)
+		}
+	}
+}
+
+// NS is a network namespace owned by a test.
+type NS struct {
+	Name string
+	t    testing.TB
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// NewNS creates a namespace with its loopback up; it is deleted when the
+// test ends, after the processes the test started in it are gone.
+func NewNS(t testing.TB) *NS {
+	t.Helper()
+	ns := &NS{Name: "ts-" + randHex(5), t: t}
+	run(t, "ip", "netns", "add", ns.Name)
+	t.Cleanup(func() {
+		// Best effort: processes in the namespace were started by the
+		// test and are ended by their own cleanups, which run first.
+		exec.Command("ip", "netns", "del", ns.Name).Run()
+	})
+	ns.IP("link", "set", "lo", "up")
+	return ns
+}
+
+// IP runs `ip -n NS args...` and fails the test on error.
+func (ns *NS) IP(args ...string) {
+	ns.t.Helper()
+	run(ns.t, "ip", append([]string{"-n", ns.Name}, args...)...)
+}
+
+// Command returns a command that runs name inside the namespace.
+func (ns *NS) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
+}
+
+// Do runs fn on an OS thread that has entered the namespace. Sockets that
+// fn opens stay in the namespace after it returns and may be used from any
+// goroutine. The thread is discarded afterwards.
+func (ns *NS) Do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread ends with this goroutine, so no other
+		// goroutine ever runs in the test's namespace by accident.
+		runtime.LockOSThread()
+		f, err := os.Open("/var/run/netns/" + ns.Name)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns %s: %w", ns.Name, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// Link is one end of a veth pair.
+type Link struct {
+	NS   *NS
+	Name string
+	Addr net.IP
+}
+
+// Veth joins a and b with a veth pair on 10.<subnet>.0.0/24: a's end gets
+// .1, b's end .2. Interface names are unique per call.
+func Veth(t testing.TB, a, b *NS, subnet int) (Link, Link) {
+	t.Helper()
+	id := randHex(3)
+	la := Link{NS: a, Name: "va" + id, Addr: net.IPv4(10, byte(subnet), 0, 1)}
+	lb := Link{NS: b, Name: "vb" + id, Addr: net.IPv4(10, byte(subnet), 0, 2)}
+	a.IP("link", "add", la.Name, "type", "veth", "peer", "name", lb.Name, "netns", b.Name)
+	for _, l := range []Link{la, lb} {
+		l.NS.IP("addr", "add", l.Addr.String()+"/24", "dev", l.Name)
+		l.NS.IP("link", "set", l.Name, "up")
+	}
+	// Static neighbours: with ARP pending, the kernel queues only a few
+	// datagrams and drops the rest, which would make packet counts racy.
+	la.NS.IP("neigh", "replace", lb.Addr.String(), "lladdr", mac(t, lb), "dev", la.Name, "nud", "permanent")
+	lb.NS.IP("neigh", "replace", la.Addr.String(), "lladdr", mac(t, la), "dev", lb.Name, "nud", "permanent")
+	return la, lb
+}
+
+// mac returns the hardware address of l.
+func mac(t testing.TB, l Link) string {
+	t.Helper()
+	out, err := exec.Command("ip", "-n", l.NS.Name, "-br", "link", "show", "dev", l.Name).Output()
+	if err != nil {
+		t.Fatalf("ip link show %s: %v", l.Name, err)
+	}
+	for _, f := range strings.Fields(string(out)) {
+		if _, err := net.ParseMAC(f); err == nil && strings.Count(f, ":") == 5 {
+			return f
+		}
+	}
+	t.Fatalf("no MAC address for %s in %q", l.Name, out)
+	return ""
+}
+
+func run(t testing.TB, name string, args ...string) {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+// UDPSender sends numbered datagrams from inside a namespace.
+type UDPSender struct {
+	conn *net.UDPConn
+	dst  *net.UDPAddr
+}
+
+// NewUDPSender opens a UDP socket in ns aimed at dst. The socket is not
+// connected, so ICMP errors from a closed port never fail a send.
+func NewUDPSender(t testing.TB, ns *NS, dst *net.UDPAddr) *UDPSender {
+	t.Helper()
+	var conn *net.UDPConn
+	err := ns.Do(func() error {
+		var err error
+		conn, err = net.ListenUDP("udp", nil)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("open UDP socket in %s: %v", ns.Name, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &UDPSender{conn: conn, dst: dst}
+}
+
+// Payload returns the payload of datagram seq of a stream tagged tag: the
+// tag, the seq, then filler up to size bytes.
+func Payload(tag string, seq, size int) []byte {
+	p := fmt.Appendf(nil, "%s seq=%08d ", tag, seq)
+	for len(p) < size {
+		p = append(p, byte('a'+len(p)%26))
+	}
+	return p[:max(size, len(p))]
+}
+
+// Send sends datagrams first..first+n-1, pausing every burst packets so
+// that the test's receivers keep up.
+func (s *UDPSender) Send(t testing.TB, tag string, first, n, size int) {
+	t.Helper()
+	const burst = 200
+	for i := first; i < first+n; i++ {
+		if _, err := s.conn.WriteToUDP(Payload(tag, i, size), s.dst); err != nil {
+			t.Fatalf("send datagram %d: %v", i, err)
+		}
+		if (i-first+1)%burst == 0 {
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+}
+
+// Sink opens a UDP socket bound to addr in ns and discards what it
+// receives, so that datagrams to it draw no ICMP errors.
+func Sink(t testing.TB, ns *NS, addr *net.UDPAddr) {
+	t.Helper()
+	var conn *net.UDPConn
+	if err := ns.Do(func() error {
+		var err error
+		conn, err = net.ListenUDP("udp", addr)
+		return err
+	}); err != nil {
+		t.Fatalf("listen on %v in %s: %v", addr, ns.Name, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			if _, _, err := conn.ReadFromUDP(buf); err != nil {
+				return
+			}
+		}
+	}()
+}
