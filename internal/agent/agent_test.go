@@ -311,3 +311,26 @@ func TestDisableRetryFailsFast(t *testing.T) {
 		t.Fatalf("took %v to give up", d)
 	}
 }
+
+// One agent with several sources opens one stream per source, each stored
+// in its own file.
+func TestSeveralSourcesOneAgent(t *testing.T) {
+	data := t.TempDir()
+	addr, _, _ := startCollector(t, "", data)
+	err := runAgent(t, Config{Connect: addr, Sources: []source.Spec{
+		fileSpec(t, "udp300.pcap", "first"),
+		fileSpec(t, "udp300.pcapng", "second"),
+	}, Count: 250})
+	if err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	for _, name := range []string{"first", "second"} {
+		files := pcaptest.Files(t, filepath.Join(data, "pcap", name))
+		if len(files) != 1 {
+			t.Fatalf("%s: files %v", name, files)
+		}
+		if _, got := pcaptest.ReadFile(t, files[0]); len(got) != 250 {
+			t.Fatalf("%s: stored %d packets, want 250", name, len(got))
+		}
+	}
+}
