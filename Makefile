@@ -38,6 +38,7 @@ lint:
 # Native fuzzing of every decoder that reads agent input, FUZZTIME each.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzValidate$$' -fuzztime $(FUZZTIME) ./internal/wire
+	$(GO) test -run '^$$' -fuzz '^FuzzScan$$' -fuzztime $(FUZZTIME) ./internal/spool
 
 # Regenerate the protocol's Go code (committed) from proto/.
 proto:

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,6 +76,10 @@ func start(t *testing.T, ns *nettest.NS, name string, args ...string) *proc {
 func startEnv(t *testing.T, ns *nettest.NS, env []string, name string, args ...string) *proc {
 	t.Helper()
 	p := &proc{t: t, name: name, done: make(chan struct{})}
+	if len(args) > 0 && args[0] == "agent" && !slices.Contains(args, "--spool-dir") {
+		// Never the default spool under /var/lib: each test has its own.
+		args = append(args, "--spool-dir", t.TempDir())
+	}
 	if ns != nil {
 		p.cmd = ns.Command(tapstreamBin, args...)
 	} else {
@@ -117,12 +122,27 @@ func (p *proc) output() string {
 // wait waits for the process to exit and returns its exit code.
 func (p *proc) wait(timeout time.Duration) int {
 	p.t.Helper()
+	code, ok := p.waitExit(timeout)
+	if !ok {
+		p.t.Fatalf("%s still running after %v", p.name, timeout)
+	}
+	return code
+}
+
+// waitExit is wait for any goroutine: it reports a hang instead of
+// failing the test. A hung process is asked for a goroutine dump, which
+// lands in its output.
+func (p *proc) waitExit(timeout time.Duration) (code int, exited bool) {
 	select {
 	case <-p.done:
-		return p.exit
+		return p.exit, true
 	case <-time.After(timeout):
-		p.t.Fatalf("%s still running after %v", p.name, timeout)
-		return -1
+		p.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.done:
+		case <-time.After(2 * time.Second):
+		}
+		return -1, false
 	}
 }
 

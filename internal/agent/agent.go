@@ -41,6 +41,7 @@ const (
 	DefaultBuffer       = 64 << 20
 	DefaultDrainTimeout = 30 * time.Second
 	DefaultMaxBackoff   = 30 * time.Second
+	DefaultSpoolSize    = 1 << 30
 )
 
 // Config configures an agent.
@@ -62,6 +63,10 @@ type Config struct {
 	BatchSize  int
 	BatchDelay time.Duration
 	Buffer     int // bytes of unacked batches held in memory per source
+	// SpoolDir holds each source's spool (in a subdirectory named by its
+	// UUID); empty keeps batches in memory only.
+	SpoolDir  string
+	SpoolSize int64 // per source
 
 	Insecure     bool
 	DisableRetry bool
@@ -108,6 +113,12 @@ func (c *Config) Validate() error {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.SpoolSize == 0 {
+		c.SpoolSize = DefaultSpoolSize
+	}
+	if c.SpoolDir != "" && c.SpoolSize < int64(c.BatchSize)*4 {
+		return fmt.Errorf("spool size %d too small: it must hold at least four batches (%d bytes)", c.SpoolSize, c.BatchSize*4)
 	}
 	if c.MaxBackoff == 0 {
 		c.MaxBackoff = DefaultMaxBackoff
@@ -161,7 +172,13 @@ func New(cfg Config) (*Agent, error) {
 			a.closeSources()
 			return nil, err
 		}
-		a.sources = append(a.sources, newSourceRun(a, spec, src))
+		r, err := newSourceRun(a, spec, src)
+		if err != nil {
+			src.Close()
+			a.closeSources()
+			return nil, err
+		}
+		a.sources = append(a.sources, r)
 	}
 	return a, nil
 }
@@ -185,7 +202,7 @@ func (a *Agent) open(spec source.Spec, exclude string) (capture.Source, error) {
 
 func (a *Agent) closeSources() {
 	for _, r := range a.sources {
-		r.src.Close()
+		r.close()
 	}
 }
 

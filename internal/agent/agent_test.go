@@ -19,12 +19,13 @@ import (
 	"github.com/tapstream/tapstream/internal/collector"
 	"github.com/tapstream/tapstream/internal/pcaptest"
 	"github.com/tapstream/tapstream/internal/source"
+	"github.com/tapstream/tapstream/internal/spool"
 )
 
 func TestQueue(t *testing.T) {
-	q := newQueue(3*1024, 1024)
+	q := newQueue(3*1024, 1024, nil)
 	mk := func(seq uint64, n int) *batch {
-		b := &batch{seq: seq, packets: n, records: q.buffer()}
+		b := &batch{packets: n, records: q.buffer()}
 		b.records = append(b.records, make([]byte, 1000)...)
 		return b
 	}
@@ -38,7 +39,7 @@ func TestQueue(t *testing.T) {
 	}
 	ctx := context.Background()
 	for want := uint64(1); want <= 3; want++ {
-		b, err := q.next(ctx)
+		b, _, err := q.next(ctx)
 		if err != nil || b.seq != want {
 			t.Fatalf("next = %v, %v; want seq %d", b, err, want)
 		}
@@ -48,17 +49,17 @@ func TestQueue(t *testing.T) {
 	}
 	// A reconnect sends the unacked batch again.
 	q.rewind()
-	if b, err := q.next(ctx); err != nil || b.seq != 3 {
+	if b, _, err := q.next(ctx); err != nil || b.seq != 3 {
 		t.Fatalf("after rewind next = %v, %v; want seq 3", b, err)
 	}
 	if !q.push(mk(4, 10)) {
 		t.Fatal("push refused after acks freed room")
 	}
 	q.close()
-	if b, err := q.next(ctx); err != nil || b.seq != 4 {
+	if b, _, err := q.next(ctx); err != nil || b.seq != 4 {
 		t.Fatalf("next = %v, %v; want seq 4", b, err)
 	}
-	if _, err := q.next(ctx); !errors.Is(err, errQueueDone) {
+	if _, _, err := q.next(ctx); !errors.Is(err, errQueueDone) {
 		t.Fatalf("next on a closed, fully sent queue = %v", err)
 	}
 	if done, _ := q.drained(); done {
@@ -72,9 +73,9 @@ func TestQueue(t *testing.T) {
 
 // A nearly empty batch does not pin a whole batch buffer in the queue.
 func TestQueueCompactsSmallBatches(t *testing.T) {
-	q := newQueue(4096, 4096)
+	q := newQueue(4096, 4096, nil)
 	for seq := uint64(1); seq <= 50; seq++ {
-		b := &batch{seq: seq, packets: 1, records: append(q.buffer(), make([]byte, 40)...)}
+		b := &batch{packets: 1, records: append(q.buffer(), make([]byte, 40)...)}
 		if !q.push(b) {
 			t.Fatalf("small batch %d refused: quiet traffic would fill the queue with empty buffers", seq)
 		}
@@ -159,7 +160,7 @@ func startCollector(t *testing.T, addr, data string) (string, context.CancelFunc
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, lis) }()
+	go func() { done <- srv.Serve(ctx, lis); srv.Close() }()
 	t.Cleanup(func() { cancel(); <-done })
 	return lis.Addr().String(), cancel, done
 }
@@ -332,5 +333,74 @@ func TestSeveralSourcesOneAgent(t *testing.T) {
 		if _, got := pcaptest.ReadFile(t, files[0]); len(got) != 250 {
 			t.Fatalf("%s: stored %d packets, want 250", name, len(got))
 		}
+	}
+}
+
+// With a spool, memory holds only what it can; the rest waits on disk and
+// comes back in order. A restart finds everything not acked.
+func TestQueueSpillsToSpoolAndRestores(t *testing.T) {
+	dir := t.TempDir()
+	sp, _, err := spool.Open(dir, 1<<30, "src")
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := newQueue(4*1024, 1024, sp)
+	ctx, cancel := context.WithCancel(context.Background())
+	spooled := make(chan struct{})
+	go func() { q.spoolLoop(ctx); close(spooled) }()
+	payload := func(i int) []byte {
+		p := make([]byte, 1000)
+		for j := range p {
+			p[j] = byte(i + j)
+		}
+		return p
+	}
+	for i := 1; i <= 40; i++ {
+		b := &batch{packets: i, records: append(q.buffer(), payload(i)...)}
+		// Wait for the spooler so that memory can be freed; a real
+		// capture loop never waits, it drops.
+		for !q.push(b) {
+			time.Sleep(time.Millisecond)
+			b.records = append(q.buffer(), payload(i)...)
+		}
+	}
+	if q.mem > q.limit {
+		t.Fatalf("memory %d over the limit %d", q.mem, q.limit)
+	}
+	for i := 1; i <= 25; i++ {
+		b, recs, err := q.next(ctx)
+		if err != nil || b.seq != uint64(i) || string(recs) != string(payload(i)) {
+			t.Fatalf("batch %d: seq %d, %v, records match %v", i, b.seq, err, string(recs) == string(payload(i)))
+		}
+	}
+	q.ack(20)
+	q.close()
+	<-spooled
+	cancel()
+	sp.Close()
+
+	// The agent dies here. The next run finds batches 21..40.
+	sp2, rec, err := spool.Open(dir, 1<<30, "src")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp2.Close()
+	q2 := newQueue(4*1024, 1024, sp2)
+	if lost := q2.restore(rec.Entries); lost != 0 {
+		t.Fatalf("%d batches lost", lost)
+	}
+	if first, last := q2.span(); first > 21 || last != 40 {
+		t.Fatalf("restored span %d..%d, want ..21..40", first, last)
+	}
+	q2.ack(20)
+	for i := 21; i <= 40; i++ {
+		b, recs, err := q2.next(context.Background())
+		if err != nil || b.seq != uint64(i) || b.packets != i || string(recs) != string(payload(i)) {
+			t.Fatalf("restored batch %d: seq %d packets %d, %v", i, b.seq, b.packets, err)
+		}
+	}
+	// Seqs continue after the restored ones.
+	if !q2.push(&batch{packets: 1, records: append(q2.buffer(), 1)}) || q2.nextSeq != 42 {
+		t.Fatalf("next seq %d, want 42", q2.nextSeq)
 	}
 }

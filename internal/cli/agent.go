@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -27,6 +28,8 @@ type agentFlags struct {
 	batchSize    bytesize.Size
 	batchDelay   time.Duration
 	buffer       bytesize.Size
+	spoolDir     string
+	spoolSize    bytesize.Size
 	ringSize     bytesize.Size
 	blockSize    bytesize.Size
 	blockTimeout time.Duration
@@ -39,6 +42,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f := &agentFlags{
 		batchSize: agent.DefaultBatchSize,
 		buffer:    agent.DefaultBuffer,
+		spoolSize: agent.DefaultSpoolSize,
 		ringSize:  capture.DefaultRingSize,
 		blockSize: capture.DefaultBlockSize,
 	}
@@ -64,7 +68,13 @@ a clause that leaves out its own connection to the collector.
 Stop conditions (--count, --size, --duration) apply to each source. When a
 source stops, or on SIGINT/SIGTERM, the agent sends what it has, waits for
 the collector to ack it (at most --drain-timeout) and exits 0. A second
-SIGINT quits at once.`,
+SIGINT quits at once.
+
+Every batch stays with the agent until the collector acks it: in memory
+(--buffer) and in the spool (--spool-dir, --spool-size), which survives a
+restart. An agent killed and started again with the same sources and spool
+sends what it had not delivered. Only when both are full are packets
+dropped, and then they are counted and reported to the collector.`,
 		Example: `  tapstream agent --insecure --connect 127.0.0.1:7447 --source eth0 --filter 'tcp port 443'
   tapstream agent --insecure --connect collector:7447 --source eth0:name=web1 --count 10000
   tapstream agent --insecure --connect 127.0.0.1:7447 --source file:trace.pcap --replay-speed 1`,
@@ -85,6 +95,8 @@ SIGINT quits at once.`,
 	fl.Var(&f.batchSize, "batch-size", "close a batch when it holds this many bytes")
 	fl.DurationVar(&f.batchDelay, "batch-delay", agent.DefaultBatchDelay, "close a batch this long after its first packet")
 	fl.Var(&f.buffer, "buffer", "memory for batches not yet acked, per source")
+	fl.StringVar(&f.spoolDir, "spool-dir", defaultSpoolDir(), `directory for batches not yet acked, kept across restarts ("none": memory only)`)
+	fl.Var(&f.spoolSize, "spool-size", "disk for batches not yet acked, per source")
 	fl.Var(&f.ringSize, "ring-size", "kernel capture buffer per source")
 	fl.Var(&f.blockSize, "block-size", "AF_PACKET ring block size (a power of two)")
 	fl.DurationVar(&f.blockTimeout, "block-timeout", capture.DefaultBlockTimeout, "AF_PACKET: hand over a partly filled block after this long")
@@ -139,6 +151,8 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 		BatchSize:    int(f.batchSize),
 		BatchDelay:   f.batchDelay,
 		Buffer:       int(f.buffer),
+		SpoolDir:     spoolDir(f.spoolDir),
+		SpoolSize:    int64(f.spoolSize),
 		Insecure:     f.insecure,
 		DisableRetry: f.disableRetry,
 		DrainTimeout: f.drainTimeout,
@@ -157,4 +171,26 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 		log.Info("stopping: sending what was captured and waiting for the collector's ack (interrupt again to quit at once)")
 	})()
 	return a.Run(ctx)
+}
+
+// defaultSpoolDir is /var/lib/tapstream/spool for root, else under the
+// user's state directory.
+func defaultSpoolDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/tapstream/spool"
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "tapstream", "spool")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "tapstream", "spool")
+	}
+	return "none"
+}
+
+func spoolDir(flag string) string {
+	if flag == "none" || flag == "" {
+		return ""
+	}
+	return flag
 }

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -87,11 +89,15 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 	}
 	log.Info("collector listening", "addr", lis.Addr().String(), "data", f.data, "tls", false)
 	err = srv.Serve(cmd.Context(), lis)
-	for _, t := range srv.Totals() {
+	sources, serr := srv.Sources(context.Background())
+	for _, t := range sources {
 		log.Info("source totals", "source", t.Name, "uuid", t.UUID, "packets", t.Packets, "bytes", t.Bytes,
-			"batches", t.Batches, "files", t.Files, "sessions", t.Sessions, "duplicate_batches", t.Duplicates,
+			"batches", t.Batches, "duplicate_batches", t.Duplicates, "last_seq", t.LastSeq,
 			"kernel_drops", t.KernelDrops, "interface_drops", t.InterfaceDrops, "agent_drops", t.AgentDrops)
 	}
+	if cerr := srv.Close(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
 	log.Info("collector stopped")
-	return err
+	return errors.Join(err, serr)
 }

@@ -14,7 +14,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"time"
 
@@ -26,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tapstream/tapstream/internal/source"
+	"github.com/tapstream/tapstream/internal/store"
 	"github.com/tapstream/tapstream/internal/wire"
 	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
 )
@@ -79,38 +79,18 @@ type Server struct {
 	log     *slog.Logger
 	pcapDir string
 
+	store *store.Store
+
 	mu       sync.Mutex
 	live     map[uuid.UUID]*session // streaming now
-	resume   map[uuid.UUID]resumePoint
-	totals   map[uuid.UUID]*Totals
 	stopping bool
 
 	shutdown chan struct{} // closed when shutdown begins
 	sessions sync.WaitGroup
 }
 
-// resumePoint is the last batch stored for a source's capture run.
-type resumePoint struct {
-	captureID string
-	seq       uint64
-}
-
-// Totals are a source's counters since the collector started.
-type Totals struct {
-	Name           string
-	UUID           uuid.UUID
-	Packets        uint64
-	Bytes          uint64 // captured bytes stored
-	Batches        uint64
-	Duplicates     uint64 // batches received again and skipped
-	KernelDrops    uint64
-	InterfaceDrops uint64
-	AgentDrops     uint64
-	Files          uint64
-	Sessions       uint64
-}
-
-// New creates the data directory and returns a Server.
+// New creates the data directory, opens the state database, repairs the
+// files an earlier run left open, and returns a Server.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -122,16 +102,27 @@ func New(cfg Config) (*Server, error) {
 	if err := checkWritable(pcapDir); err != nil {
 		return nil, err
 	}
-	return &Server{
+	st, err := store.Open(filepath.Join(cfg.DataDir, "tapstream.db"), store.Options{Sync: cfg.Fsync})
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
 		cfg:      cfg,
 		log:      cfg.Logger,
 		pcapDir:  pcapDir,
+		store:    st,
 		live:     map[uuid.UUID]*session{},
-		resume:   map[uuid.UUID]resumePoint{},
-		totals:   map[uuid.UUID]*Totals{},
 		shutdown: make(chan struct{}),
-	}, nil
+	}
+	if err := s.recoverFiles(context.Background()); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return s, nil
 }
+
+// Close closes the state database. Call it after Serve has returned.
+func (s *Server) Close() error { return s.store.Close() }
 
 func checkWritable(dir string) error {
 	f, err := os.CreateTemp(dir, ".write-test-*")
@@ -203,16 +194,9 @@ func (s *Server) beginShutdown() {
 	}
 }
 
-// Totals returns every source's counters, ordered by name.
-func (s *Server) Totals() []Totals {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]Totals, 0, len(s.totals))
-	for _, t := range s.totals {
-		out = append(out, *t)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
+// Sources returns every source's stored state and totals, ordered by name.
+func (s *Server) Sources(ctx context.Context) ([]store.Source, error) {
+	return s.store.Sources(ctx)
 }
 
 // Stream implements pb.CaptureServer: one source's stream.
@@ -356,20 +340,6 @@ func (s *Server) admit(h *pb.Hello, remote string) (*session, *pb.Refusal) {
 			return refuse(pb.Refusal_REASON_DUPLICATE_SOURCE, "previous stream of source %s is still closing", id)
 		}
 	}
-	defer s.mu.Unlock()
-	var last uint64
-	rp, known := s.resume[id]
-	known = known && rp.captureID == h.CaptureId
-	if known {
-		last = rp.seq
-	}
-	tot := s.totals[id]
-	if tot == nil {
-		tot = &Totals{UUID: id}
-		s.totals[id] = tot
-	}
-	tot.Name = name
-	tot.Sessions++
 	sess := &session{
 		srv:       s,
 		id:        uuid.NewString(),
@@ -379,24 +349,31 @@ func (s *Server) admit(h *pb.Hello, remote string) (*session, *pb.Refusal) {
 		remote:    remote,
 		hello:     h,
 		dir:       dir,
-		lastSeq:   last,
-		known:     known,
-		totals:    tot,
 		kicked:    make(chan struct{}),
 		done:      make(chan struct{}),
 	}
 	s.live[id] = sess
 	s.sessions.Add(1)
+	s.mu.Unlock()
+
+	src, err := s.store.StartCapture(context.Background(), id.String(), name, h.Hostname, h.CaptureId)
+	if err != nil {
+		s.log.Error("state database", "err", err)
+		s.release(sess)
+		return refuse(pb.Refusal_REASON_STORAGE_UNAVAILABLE, "collector cannot record the source")
+	}
+	sess.lastSeq = src.LastSeq
+	sess.partialSeq, sess.partialRecords = src.PartialSeq, src.PartialRecords
+	sess.known = src.LastSeq > 0 || src.PartialSeq > 0
 	return sess, nil
 }
 
-// release unregisters sess and remembers where its capture run stopped.
+// release unregisters sess.
 func (s *Server) release(sess *session) {
 	s.mu.Lock()
 	if s.live[sess.uuid] == sess {
 		delete(s.live, sess.uuid)
 	}
-	s.resume[sess.uuid] = resumePoint{captureID: sess.captureID, seq: sess.lastSeq}
 	s.mu.Unlock()
 	close(sess.done)
 	s.sessions.Done()

@@ -32,6 +32,7 @@ type testCollector struct {
 	data   string
 	cancel context.CancelFunc
 	done   chan error
+	closed bool
 }
 
 func startCollector(t *testing.T, mod func(*Config)) *testCollector {
@@ -62,6 +63,10 @@ func (tc *testCollector) stop() {
 	tc.cancel()
 	<-tc.done
 	tc.done <- nil // let a second stop return
+	if !tc.closed {
+		tc.closed = true
+		tc.srv.Close()
+	}
 }
 
 // testStream is a raw agent stream.
@@ -256,8 +261,9 @@ func TestDuplicateBatchIsAckedNotWritten(t *testing.T) {
 	if len(pkts) != 20 {
 		t.Fatalf("%d packets stored, want 20", len(pkts))
 	}
-	if tot := tc.srv.Totals(); tot[0].Duplicates != 1 || tot[0].Packets != 20 {
-		t.Errorf("totals %+v, want 1 duplicate and 20 packets", tot[0])
+	tot, err := tc.srv.Sources(context.Background())
+	if err != nil || len(tot) != 1 || tot[0].Duplicates != 1 || tot[0].Packets != 20 || tot[0].LastSeq != 2 {
+		t.Errorf("stored state %+v, %v; want 1 duplicate, 20 packets, last seq 2", tot, err)
 	}
 }
 
@@ -341,7 +347,7 @@ func TestBadStreamsEndAloneWithClearErrors(t *testing.T) {
 		code  codes.Code
 		want  string
 	}{
-		{"out of order", 2, batchMsg(5, packets(0, 1)), codes.InvalidArgument, "out of order"},
+		{"seq from the future", 2, batchMsg(5, packets(0, 1)), codes.FailedPrecondition, "batches 3 to 4 are missing"},
 		{"seq zero", 0, batchMsg(0, packets(0, 1)), codes.InvalidArgument, "seqs start at 1"},
 		{"malformed records", 0, &pb.AgentMessage{Msg: &pb.AgentMessage_Batch{Batch: &pb.Batch{
 			Seq: 1, Packets: 3, RecordsLength: uint32(len(corrupt)), Records: corrupt}}}, codes.InvalidArgument, "malformed"},

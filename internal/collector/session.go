@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tapstream/tapstream/internal/pcapfile"
+	"github.com/tapstream/tapstream/internal/store"
 	"github.com/tapstream/tapstream/internal/wire"
 	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
 )
@@ -30,16 +32,21 @@ type session struct {
 	hello     *pb.Hello
 	dir       string
 	log       *slog.Logger
-	totals    *Totals // shared with later sessions; guarded by srv.mu
 
 	lastSeq uint64 // highest seq stored
 	// known says lastSeq is where this capture run stopped. When the
 	// collector has no record of the run, the first batch sets the base.
 	known bool
-	w     *pcapfile.Writer
+	// partialSeq, when non-zero, is the batch after lastSeq that a crash
+	// cut short; its first partialRecords records are stored already.
+	partialSeq     uint64
+	partialRecords int
+
+	w      *pcapfile.Writer
+	fileID int64
 
 	// This session's own counters, for its log line.
-	packets, bytes, batches uint64
+	packets, bytes, batches, duplicates uint64
 
 	kickOnce sync.Once
 	kicked   chan struct{} // closed to end the stream for a takeover
@@ -114,7 +121,8 @@ func (s *session) drain(stream pb.Capture_StreamServer, msgs <-chan recvResult) 
 	return status.Error(codes.Unavailable, "collector is shutting down; reconnect later")
 }
 
-// handle processes one message after Hello.
+// handle processes one message after Hello: it stores a batch, records it
+// in the state database, and acks it, in that order. See docs/reliability.md.
 func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) error {
 	b := m.GetBatch()
 	if b == nil {
@@ -129,12 +137,12 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	switch {
 	case b.Seq <= s.lastSeq:
 		// Sent again after a reconnect; it is stored already.
-		s.srv.mu.Lock()
-		s.totals.Duplicates++
-		s.srv.mu.Unlock()
+		s.duplicates++
 		return s.ack(stream, s.lastSeq)
 	case b.Seq != s.lastSeq+1:
-		return status.Errorf(codes.InvalidArgument, "batch seq %d out of order: expected %d", b.Seq, s.lastSeq+1)
+		return status.Errorf(codes.FailedPrecondition,
+			"batch seq %d is ahead of this capture run: the collector has stored up to seq %d, so batches %d to %d are missing",
+			b.Seq, s.lastSeq, s.lastSeq+1, b.Seq-1)
 	}
 	records, err := s.records(b)
 	if err != nil {
@@ -150,25 +158,47 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	if sum.Packets > 0 && (sum.First != b.FirstUnixNano || sum.Last != b.LastUnixNano) {
 		return status.Errorf(codes.InvalidArgument, "batch %d: first/last timestamps do not match its records", b.Seq)
 	}
+	if b.Seq == s.partialSeq && s.partialRecords > 0 {
+		// A crash stored the start of this batch: store the rest.
+		if records, err = wire.Skip(records, s.partialRecords); err != nil {
+			return status.Errorf(codes.InvalidArgument, "batch %d: %v", b.Seq, err)
+		}
+		s.log.Info("completing a batch cut short by a crash", "seq", b.Seq, "stored_before", s.partialRecords)
+		sum, _ = wire.Validate(records, wire.MaxSnaplen)
+	}
+	commit := store.BatchCommit{
+		SourceUUID: s.uuid.String(),
+		Seq:        b.Seq,
+		Counters: store.Counters{
+			Packets: uint64(sum.Packets), Bytes: uint64(sum.CapturedBytes), Batches: 1,
+			KernelDrops: b.KernelDrops, InterfaceDrops: b.InterfaceDrops, AgentDrops: b.AgentDrops,
+		},
+	}
 	if sum.Packets > 0 {
-		if err := s.write(records, sum.First); err != nil {
+		if err := s.write(records); err != nil {
 			s.log.Error("storing batch failed", "seq", b.Seq, "err", err)
 			return status.Errorf(codes.Unavailable, "collector could not store the batch: %v", err)
 		}
+		commit.FileID = s.fileID
+		commit.File = store.FileDelta{Size: int64(len(records)), Packets: uint64(sum.Packets),
+			Bytes: uint64(sum.CapturedBytes), FirstTS: sum.First, LastTS: sum.Last}
+	}
+	if err := s.srv.store.CommitBatch(stream.Context(), commit); err != nil {
+		s.log.Error("recording batch failed", "seq", b.Seq, "err", err)
+		if sum.Packets > 0 {
+			// Cut the file back: what is past its recorded size must be
+			// at most one batch, the one the agent will send again.
+			if rerr := s.w.Rewind(s.w.Size() - int64(len(records))); rerr != nil {
+				s.log.Error("cannot cut back the file; closing it", "err", rerr)
+			}
+		}
+		return status.Errorf(codes.Unavailable, "collector could not record the batch: %v", err)
 	}
 	s.lastSeq = b.Seq
+	s.partialSeq, s.partialRecords = 0, 0
 	s.packets += uint64(sum.Packets)
 	s.bytes += uint64(sum.CapturedBytes)
 	s.batches++
-	s.srv.mu.Lock()
-	t := s.totals
-	t.Packets += uint64(sum.Packets)
-	t.Bytes += uint64(sum.CapturedBytes)
-	t.Batches++
-	t.KernelDrops += b.KernelDrops
-	t.InterfaceDrops += b.InterfaceDrops
-	t.AgentDrops += b.AgentDrops
-	s.srv.mu.Unlock()
 	if b.KernelDrops+b.InterfaceDrops+b.AgentDrops > 0 {
 		s.log.Warn("agent reports lost packets", "kernel_drops", b.KernelDrops,
 			"interface_drops", b.InterfaceDrops, "agent_drops", b.AgentDrops)
@@ -192,18 +222,15 @@ func (s *session) ack(stream pb.Capture_StreamServer, seq uint64) error {
 	return stream.Send(&pb.CollectorMessage{Msg: &pb.CollectorMessage_Ack{Ack: &pb.Ack{Seq: seq}}})
 }
 
-// write appends records to the session's file, creating it on first use.
-func (s *session) write(records []byte, first int64) error {
+// write appends records to the session's file, creating it on first use,
+// and syncs it with --fsync.
+func (s *session) write(records []byte) error {
 	if s.w == nil {
-		w, err := s.create(first)
-		if err != nil {
+		first, _, _, _ := firstTimestamp(records)
+		if err := s.create(first); err != nil {
 			return err
 		}
-		s.w = w
-		s.srv.mu.Lock()
-		s.totals.Files++
-		s.srv.mu.Unlock()
-		s.log.Info("writing", "file", w.Path())
+		s.log.Info("writing", "file", s.w.Path())
 	}
 	if err := s.w.WriteRecords(records); err != nil {
 		return err
@@ -214,39 +241,71 @@ func (s *session) write(records []byte, first int64) error {
 	return nil
 }
 
+// firstTimestamp returns the timestamp of the first record.
+func firstTimestamp(records []byte) (int64, int, int, error) {
+	var r wire.Reader
+	r.Reset(records)
+	var rec wire.Record
+	ok, err := r.Next(&rec)
+	if !ok {
+		return 0, 0, 0, err
+	}
+	return rec.Timestamp, len(rec.Data), rec.OrigLen, nil
+}
+
 // fileTimeFormat names files by their first packet's UTC time, so that
 // names sort by time.
 const fileTimeFormat = "20060102T150405.000Z"
 
-// create opens a new file named for first, moving on by a millisecond
-// while the name is taken.
-func (s *session) create(first int64) (*pcapfile.Writer, error) {
+// create catalogs and opens a new file named for first, moving on by a
+// millisecond while the name is taken. The catalog entry comes first, so
+// recovery finds every file that may exist.
+func (s *session) create(first int64) error {
+	ctx := context.Background()
 	t := time.Unix(0, first).UTC()
 	for range 1000 {
-		path := filepath.Join(s.dir, s.name+"-"+t.Format(fileTimeFormat)+".pcap")
-		w, err := pcapfile.Create(path, s.hello.LinkType, int(s.hello.Snaplen))
-		if err == nil {
-			return w, nil
-		}
-		if !errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("create capture file: %w", err)
-		}
+		name := s.name + "-" + t.Format(fileTimeFormat) + ".pcap"
+		path := filepath.Join(s.dir, name)
+		rel, _ := filepath.Rel(s.srv.cfg.DataDir, path)
 		t = t.Add(time.Millisecond)
-	}
-	return nil, fmt.Errorf("create capture file in %s: every name is taken", s.dir)
-}
-
-// close closes the session's file, if any.
-func (s *session) close() error {
-	if s.w == nil {
+		if _, err := os.Lstat(path); err == nil {
+			continue
+		}
+		id, err := s.srv.store.NewFile(ctx, store.File{SourceUUID: s.uuid.String(), Path: rel,
+			LinkType: s.hello.LinkType, Snaplen: int(s.hello.Snaplen), Size: pcapfile.HeaderLen})
+		if err != nil {
+			continue // a name the catalog already has
+		}
+		w, err := pcapfile.Create(path, s.hello.LinkType, int(s.hello.Snaplen))
+		if err != nil {
+			s.srv.store.DropFile(ctx, id)
+			if errors.Is(err, os.ErrExist) {
+				continue
+			}
+			return fmt.Errorf("create capture file: %w", err)
+		}
+		s.w, s.fileID = w, id
 		return nil
 	}
-	err := s.w.Close()
+	return fmt.Errorf("create capture file in %s: every name is taken", s.dir)
+}
+
+// close closes the session's file, if any, and marks it closed.
+func (s *session) close() error {
+	var errs []error
+	if s.duplicates > 0 {
+		errs = append(errs, s.srv.store.AddDuplicates(context.Background(), s.uuid.String(), s.duplicates))
+	}
+	if s.w == nil {
+		return errors.Join(errs...)
+	}
+	errs = append(errs, s.w.Close())
+	errs = append(errs, s.srv.store.CloseFile(context.Background(), s.fileID))
 	s.log.Info("closed file", "file", s.w.Path(), "bytes", s.w.Size())
 	s.w = nil
-	return err
+	return errors.Join(errs...)
 }
 
 func (s *session) summaryAttrs() []any {
-	return []any{"packets", s.packets, "bytes", s.bytes, "batches", s.batches, "last_seq", s.lastSeq}
+	return []any{"packets", s.packets, "bytes", s.bytes, "batches", s.batches, "duplicate_batches", s.duplicates, "last_seq", s.lastSeq}
 }

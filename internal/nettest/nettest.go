@@ -222,3 +222,29 @@ func Sink(t testing.TB, ns *NS, addr *net.UDPAddr) {
 		}
 	}()
 }
+
+// SendPaced sends datagrams first..first+n-1 at about rate per second.
+func (s *UDPSender) SendPaced(t testing.TB, tag string, first, n, size, rate int) {
+	t.Helper()
+	const chunk = 10
+	start := time.Now()
+	for i := 0; i < n; i += chunk {
+		m := min(chunk, n-i)
+		for j := 0; j < m; j++ {
+			if _, err := s.conn.WriteToUDP(Payload(tag, first+i+j, size), s.dst); err != nil {
+				t.Errorf("send datagram %d: %v", first+i+j, err)
+				return
+			}
+		}
+		if due := start.Add(time.Duration(i+m) * time.Second / time.Duration(rate)); time.Until(due) > 0 {
+			time.Sleep(time.Until(due))
+		}
+	}
+}
+
+// ParsePayload returns the tag and seq of a datagram made by Payload.
+func ParsePayload(p []byte) (tag string, seq int, ok bool) {
+	var s string
+	n, err := fmt.Sscanf(string(p), "%s seq=%d", &s, &seq)
+	return s, seq, err == nil && n == 2
+}

@@ -95,3 +95,19 @@ func (w *Writer) Close() error {
 	}
 	return nil
 }
+
+// Rewind cuts the file back to size bytes (at least the header), for a
+// write that must be undone.
+func (w *Writer) Rewind(size int64) error {
+	if size < HeaderLen || size > w.size {
+		return fmt.Errorf("rewind %s to %d: out of range", w.path, size)
+	}
+	if err := w.f.Truncate(size); err != nil {
+		return fmt.Errorf("rewind %s: %w", w.path, err)
+	}
+	if _, err := w.f.Seek(size, io.SeekStart); err != nil {
+		return fmt.Errorf("rewind %s: %w", w.path, err)
+	}
+	w.size = size
+	return nil
+}

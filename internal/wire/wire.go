@@ -215,3 +215,44 @@ func parseHeader(p []byte, off, snaplen int) (ts int64, caplen, origLen int, err
 	}
 	return int64(sec)*1e9 + int64(nsec), int(cl), int(ol), nil
 }
+
+// CompletePrefix returns the length of the longest prefix of p made of
+// whole, well-formed records, and a summary of them. Recovery uses it to
+// find where a torn write begins.
+func CompletePrefix(p []byte, snaplen int) (int, Summary) {
+	var s Summary
+	if snaplen <= 0 || snaplen > MaxSnaplen {
+		snaplen = MaxSnaplen
+	}
+	off := 0
+	for off < len(p) {
+		ts, caplen, _, err := parseHeader(p, off, snaplen)
+		if err != nil {
+			break
+		}
+		if s.Packets == 0 {
+			s.First = ts
+		}
+		s.Last = ts
+		s.Packets++
+		s.CapturedBytes += int64(caplen)
+		off += RecordHeaderLen + caplen
+	}
+	return off, s
+}
+
+// Skip returns the records of p after the first n.
+func Skip(p []byte, n int) ([]byte, error) {
+	off := 0
+	for range n {
+		if off == len(p) {
+			return p[off:], nil
+		}
+		_, caplen, _, err := parseHeader(p, off, MaxSnaplen)
+		if err != nil {
+			return nil, err
+		}
+		off += RecordHeaderLen + caplen
+	}
+	return p[off:], nil
+}
