@@ -257,6 +257,10 @@ func (a *Agent) dial() (*grpc.ClientConn, error) {
 			MinConnectTimeout: 10 * time.Second,
 		}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(maxBatchSize + 64<<10)),
+		grpc.WithInitialWindowSize(8 << 20),
+		grpc.WithInitialConnWindowSize(32 << 20),
+		grpc.WithWriteBufferSize(256 << 10),
+		grpc.WithReadBufferSize(64 << 10),
 	}
 	conn, err := grpc.NewClient(a.cfg.Connect, opts...)
 	if err != nil {

@@ -155,7 +155,14 @@ func (r *sourceRun) push(b *wire.Builder, drops *pendingDrops) {
 		agentDrops:     drops.agent,
 	}
 	bt.records = b.Take(r.q.buffer())
-	if !r.q.push(bt) {
+	var ok bool
+	if r.info.Backend == "file" {
+		// A file can wait for room; a live interface cannot.
+		ok = r.q.pushWait(bt, r.delivered)
+	} else {
+		ok = r.q.push(bt)
+	}
+	if !ok {
 		drops.agent += uint64(bt.packets)
 		r.stats.agentDrops.Add(uint64(bt.packets))
 		r.log.Warn("buffer and spool full: dropped a batch", "packets", bt.packets,

@@ -116,11 +116,42 @@ func (q *queue) recycleLocked(b []byte) {
 }
 
 // push adds b, giving it the next seq, and reports whether it fit. A batch
-// much smaller than its buffer is copied into a buffer of its own size so
-// that quiet periods do not fill memory with empty space.
+// that does not fit is refused and its buffer recycled. A batch much
+// smaller than its buffer is copied into a buffer of its own size so that
+// quiet periods do not fill memory with empty space.
 func (q *queue) push(b *batch) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.tryPushLocked(b) {
+		return true
+	}
+	q.recycleLocked(b.records)
+	return false
+}
+
+// pushWait adds b, waiting for room: backpressure for sources that can
+// wait, such as files. It returns false, recycling b, if done closes first.
+func (q *queue) pushWait(b *batch, done <-chan struct{}) bool {
+	for {
+		q.mu.Lock()
+		if q.tryPushLocked(b) {
+			q.mu.Unlock()
+			return true
+		}
+		change := q.change
+		q.mu.Unlock()
+		select {
+		case <-change:
+		case <-done:
+			q.mu.Lock()
+			q.recycleLocked(b.records)
+			q.mu.Unlock()
+			return false
+		}
+	}
+}
+
+func (q *queue) tryPushLocked(b *batch) bool {
 	if len(b.records) < cap(b.records)/4 {
 		small := make([]byte, len(b.records))
 		copy(small, b.records)
@@ -131,7 +162,6 @@ func (q *queue) push(b *batch) bool {
 	if q.mem+need > q.limit && len(q.items) > 0 {
 		q.evictLocked(q.mem + need - q.limit)
 		if q.mem+need > q.limit {
-			q.recycleLocked(b.records)
 			return false
 		}
 	}

@@ -47,6 +47,7 @@ type sourceRun struct {
 	stats       counters
 	stopReason  atomic.Value // string
 	stopCapture context.CancelFunc
+	delivered   <-chan struct{} // closed when delivery has ended
 
 	mu        sync.Mutex
 	captureID string
@@ -145,14 +146,21 @@ func (r *sourceRun) run(ctx context.Context, client pb.CaptureClient) error {
 	}
 	defer func() { cancelDeliver(); <-spoolDone }()
 
+	deliverDone := make(chan error, 1)
+	deliveryEnded := make(chan struct{})
+	r.delivered = deliveryEnded
+	go func() {
+		err := r.deliver(deliverCtx, client)
+		close(deliveryEnded)
+		deliverDone <- err
+	}()
+
 	captureDone := make(chan error, 1)
 	go func() {
 		err := r.capture(captureCtx)
 		r.q.close()
 		captureDone <- err
 	}()
-	deliverDone := make(chan error, 1)
-	go func() { deliverDone <- r.deliver(deliverCtx, client) }()
 
 	var captureErr, deliverErr error
 	select {

@@ -27,7 +27,8 @@ type FileConfig struct {
 // the link type are passed on exactly as the file holds them.
 type fileSource struct {
 	f     *os.File
-	r     packetReader
+	r     packetReader // pcapng and gzip files
+	pr    *pcapReader  // classic pcap files
 	info  Info
 	match *Matcher
 	speed float64
@@ -87,13 +88,20 @@ func (s *fileSource) open(path, filter string) error {
 		}
 		linkType, snaplen = uint32(ng.LinkType()), int(ifc.SnapLength)
 		s.r = ng
-	} else {
+	} else if magic[0] == 0x1f && magic[1] == 0x8b { // gzip
 		pr, err := pcapgo.NewReader(br)
 		if err != nil {
 			return fmt.Errorf("read pcap %s: %w", path, err)
 		}
 		linkType, snaplen = uint32(pr.LinkType()), int(pr.Snaplen())
 		s.r = pr
+	} else {
+		pr, err := newPcapReader(br)
+		if err != nil {
+			return fmt.Errorf("read pcap %s: %w", path, err)
+		}
+		linkType, snaplen = pr.linkType, pr.snaplen
+		s.pr = pr
 	}
 	if snaplen <= 0 || snaplen > maxFileSnaplen {
 		snaplen = maxFileSnaplen
@@ -120,6 +128,9 @@ func (s *fileSource) Info() Info { return s.info }
 
 // Next implements Source. It returns io.EOF after the last packet.
 func (s *fileSource) Next(p *Packet, deadline time.Time) error {
+	if s.speed == 0 {
+		return s.read(p)
+	}
 	if !s.held {
 		if err := s.read(&s.pend); err != nil {
 			return err
@@ -145,6 +156,23 @@ func (s *fileSource) Next(p *Packet, deadline time.Time) error {
 }
 
 func (s *fileSource) read(p *Packet) error {
+	if s.pr != nil {
+		for {
+			err := s.pr.next(p)
+			if err != nil {
+				if errors.Is(err, io.ErrUnexpectedEOF) {
+					return fmt.Errorf("%s: file ends in the middle of a packet: %w", s.info.Interface, err)
+				}
+				if !errors.Is(err, io.EOF) {
+					err = fmt.Errorf("read %s: %w", s.info.Interface, err)
+				}
+				return err
+			}
+			if s.match == nil || s.match.Match(p.Data) {
+				return nil
+			}
+		}
+	}
 	for {
 		data, ci, err := s.r.ZeroCopyReadPacketData()
 		if err != nil {

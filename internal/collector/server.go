@@ -38,6 +38,12 @@ const (
 	DefaultShutdownTimeout = 10 * time.Second
 )
 
+// HTTP/2 flow-control windows for agent streams.
+const (
+	streamWindow = 8 << 20
+	connWindow   = 32 << 20
+)
+
 // Config configures a collector.
 type Config struct {
 	DataDir         string
@@ -139,6 +145,12 @@ func checkWritable(dir string) error {
 func (s *Server) GRPCServer(extra ...grpc.ServerOption) *grpc.Server {
 	opts := append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.cfg.MaxMessageBytes),
+		// Batches are large: wide flow-control windows and buffers keep a
+		// stream moving without waiting for window updates.
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(connWindow),
+		grpc.ReadBufferSize(256 << 10),
+		grpc.WriteBufferSize(64 << 10),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             10 * time.Second,
 			PermitWithoutStream: true,
