@@ -14,7 +14,7 @@ import (
 type pcapReader struct {
 	r         io.Reader
 	order     binary.ByteOrder
-	le        bool // little-endian: the common case, decoded without an interface call
+	le        bool  // little-endian: the common case, decoded without an interface call
 	nsFactor  int64 // 1 for nanosecond files, 1000 for microsecond ones
 	linkType  uint32
 	snaplen   int
