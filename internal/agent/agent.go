@@ -63,6 +63,8 @@ type Config struct {
 	BatchSize  int
 	BatchDelay time.Duration
 	Buffer     int // bytes of unacked batches held in memory per source
+	// Compress is CompressNone, CompressZstd or CompressAuto.
+	Compress string
 	// SpoolDir holds each source's spool (in a subdirectory named by its
 	// UUID); empty keeps batches in memory only.
 	SpoolDir  string
@@ -107,6 +109,14 @@ func (c *Config) Validate() error {
 	}
 	if c.BatchDelay == 0 {
 		c.BatchDelay = DefaultBatchDelay
+	}
+	if c.Compress == "" {
+		c.Compress = CompressAuto
+	}
+	switch c.Compress {
+	case CompressNone, CompressZstd, CompressAuto:
+	default:
+		return fmt.Errorf("--compress %q: want none, zstd or auto", c.Compress)
 	}
 	if c.Buffer == 0 {
 		c.Buffer = DefaultBuffer

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"io"
 	"log/slog"
@@ -20,6 +22,7 @@ import (
 	"github.com/tapstream/tapstream/internal/pcaptest"
 	"github.com/tapstream/tapstream/internal/source"
 	"github.com/tapstream/tapstream/internal/spool"
+	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
 )
 
 func TestQueue(t *testing.T) {
@@ -196,14 +199,19 @@ func runAgent(t *testing.T, cfg Config) error {
 }
 
 // Replaying a file through agent and collector keeps every packet exactly:
-// timestamps, captured and original lengths, bytes, link type.
+// timestamps, captured and original lengths, bytes, link type; compressed
+// on the wire or not.
 func TestReplayIsExact(t *testing.T) {
-	for _, file := range []string{"udp300.pcap", "udp300.pcapng"} {
-		t.Run(file, func(t *testing.T) {
+	for _, tc := range []struct{ file, compress string }{
+		{"udp300.pcap", CompressNone}, {"udp300.pcapng", CompressNone}, {"udp300.pcap", CompressZstd},
+	} {
+		file := tc.file
+		t.Run(file+"/"+tc.compress, func(t *testing.T) {
 			data := t.TempDir()
 			addr, _, _ := startCollector(t, "", data)
 			// Small batches, so the file spans many of them.
-			err := runAgent(t, Config{Connect: addr, Sources: []source.Spec{fileSpec(t, file, "replay")}, BatchSize: 300 * 1024, Capture: capture.Config{Snaplen: 262144}})
+			err := runAgent(t, Config{Connect: addr, Sources: []source.Spec{fileSpec(t, file, "replay")}, BatchSize: 300 * 1024,
+				Capture: capture.Config{Snaplen: 262144}, Compress: tc.compress})
 			if err != nil {
 				t.Fatalf("agent: %v", err)
 			}
@@ -402,5 +410,39 @@ func TestQueueSpillsToSpoolAndRestores(t *testing.T) {
 	// Seqs continue after the restored ones.
 	if !q2.push(&batch{packets: 1, records: append(q2.buffer(), 1)}) || q2.nextSeq != 42 {
 		t.Fatalf("next seq %d, want 42", q2.nextSeq)
+	}
+}
+
+func TestCompressorAuto(t *testing.T) {
+	c, err := newCompressor(CompressAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := bytes.Repeat([]byte("GET /index.html HTTP/1.1\r\nHost: example\r\n\r\n"), 2000)
+	out, comp := c.compress(text, 0)
+	if comp != pb.Compression_COMPRESSION_ZSTD || len(out) >= len(text)/4 {
+		t.Fatalf("compressible batch: %v, %d of %d bytes", comp, len(out), len(text))
+	}
+	noise := make([]byte, 64<<10)
+	rand.Read(noise)
+	for range 10 {
+		c.compress(noise, 0)
+	}
+	if c.on {
+		t.Fatal("auto keeps compressing data that does not shrink")
+	}
+	if _, comp := c.compress(text, 0); comp != pb.Compression_COMPRESSION_NONE {
+		t.Fatal("auto compressed while paused")
+	}
+	// CPU-bound: compressing takes longer than sending, with a backlog.
+	c2, _ := newCompressor(CompressAuto)
+	c2.sent(time.Nanosecond)
+	c2.compress(text, autoBacklog)
+	if c2.on {
+		t.Fatal("auto keeps compressing while it holds delivery back")
+	}
+	none, _ := newCompressor(CompressNone)
+	if out, comp := none.compress(text, 0); comp != pb.Compression_COMPRESSION_NONE || len(out) != len(text) {
+		t.Fatal("--compress none compressed")
 	}
 }

@@ -154,6 +154,7 @@ func (r *sourceRun) sendLoop(ctx context.Context, stream pb.Capture_StreamClient
 		if err != nil {
 			return err
 		}
+		payload, comp := r.comp.compress(recs, r.q.backlog())
 		bm := &pb.Batch{
 			Seq:            r.q.wireSeq(b),
 			Packets:        uint32(b.packets),
@@ -162,17 +163,21 @@ func (r *sourceRun) sendLoop(ctx context.Context, stream pb.Capture_StreamClient
 			KernelDrops:    b.kernelDrops,
 			InterfaceDrops: b.interfaceDrops,
 			AgentDrops:     b.agentDrops,
+			Compression:    comp,
 			RecordsLength:  uint32(len(recs)),
-			Records:        recs,
+			Records:        payload,
 		}
 		if b.lost {
 			// The records are gone: report their packets as dropped.
 			bm.Packets, bm.FirstUnixNano, bm.LastUnixNano = 0, 0, 0
 			bm.AgentDrops += uint64(b.packets)
-			bm.RecordsLength, bm.Records = 0, nil
+			bm.RecordsLength, bm.Records, bm.Compression = 0, nil, pb.Compression_COMPRESSION_NONE
 			r.log.Warn("a spooled batch was lost; reporting its packets as dropped", "seq", bm.Seq, "packets", b.packets)
 		}
-		if err := stream.Send(&pb.AgentMessage{Msg: &pb.AgentMessage_Batch{Batch: bm}}); err != nil {
+		sendStart := time.Now()
+		err = stream.Send(&pb.AgentMessage{Msg: &pb.AgentMessage_Batch{Batch: bm}})
+		r.comp.sent(time.Since(sendStart))
+		if err != nil {
 			if errors.Is(err, io.EOF) {
 				// The stream is over; recvLoop receives the status that
 				// says why (only one goroutine may call Recv).

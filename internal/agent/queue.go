@@ -385,6 +385,13 @@ func (q *queue) pending() (batches, packets, memOnly int) {
 	return len(q.items), packets, memOnly
 }
 
+// backlog returns the batches not yet handed to the sender.
+func (q *queue) backlog() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items) - q.sent
+}
+
 // lastAcked returns the highest acked wire seq.
 func (q *queue) lastAcked() uint64 {
 	q.mu.Lock()

@@ -43,6 +43,7 @@ type sourceRun struct {
 	info        capture.Info
 	q           *queue
 	sp          *spool.Spool // nil without a spool
+	comp        *compressor  // used by the one sending goroutine
 	log         *slog.Logger
 	stats       counters
 	stopReason  atomic.Value // string
@@ -56,11 +57,16 @@ type sourceRun struct {
 // newSourceRun sets up a source's queue and, with a spool directory, opens
 // its spool and takes over what an earlier run left there.
 func newSourceRun(a *Agent, spec source.Spec, src capture.Source) (*sourceRun, error) {
+	comp, err := newCompressor(a.cfg.Compress)
+	if err != nil {
+		return nil, err
+	}
 	r := &sourceRun{
 		a:    a,
 		spec: spec,
 		src:  src,
 		info: src.Info(),
+		comp: comp,
 		log:  a.log.With("source", spec.Name),
 	}
 	if a.cfg.SpoolDir == "" {
@@ -258,6 +264,8 @@ func (r *sourceRun) logSummary() {
 		"undelivered_batches", b,
 		"undelivered_packets", p,
 		"reconnects", r.stats.reconnects.Load(),
+		"compress", r.a.cfg.Compress,
+		"wire_ratio", fmt.Sprintf("%.3f", r.comp.savedRatio()),
 	}
 	if r.sp != nil {
 		attrs = append(attrs, "recovered_packets", r.stats.recovered.Load(), "spooled_packets", p-memOnly, "spool_bytes", r.sp.Used())

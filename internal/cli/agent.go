@@ -28,6 +28,7 @@ type agentFlags struct {
 	batchSize    bytesize.Size
 	batchDelay   time.Duration
 	buffer       bytesize.Size
+	compress     string
 	spoolDir     string
 	spoolSize    bytesize.Size
 	ringSize     bytesize.Size
@@ -95,6 +96,7 @@ dropped, and then they are counted and reported to the collector.`,
 	fl.Var(&f.batchSize, "batch-size", "close a batch when it holds this many bytes")
 	fl.DurationVar(&f.batchDelay, "batch-delay", agent.DefaultBatchDelay, "close a batch this long after its first packet")
 	fl.Var(&f.buffer, "buffer", "memory for batches not yet acked, per source")
+	fl.StringVar(&f.compress, "compress", agent.CompressAuto, "compress batches with zstd: none, zstd, or auto (only while it saves bandwidth and the CPU keeps up)")
 	fl.StringVar(&f.spoolDir, "spool-dir", defaultSpoolDir(), `directory for batches not yet acked, kept across restarts ("none": memory only)`)
 	fl.Var(&f.spoolSize, "spool-size", "disk for batches not yet acked, per source")
 	fl.Var(&f.ringSize, "ring-size", "kernel capture buffer per source")
@@ -151,6 +153,7 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 		BatchSize:    int(f.batchSize),
 		BatchDelay:   f.batchDelay,
 		Buffer:       int(f.buffer),
+		Compress:     f.compress,
 		SpoolDir:     spoolDir(f.spoolDir),
 		SpoolSize:    int64(f.spoolSize),
 		Insecure:     f.insecure,

@@ -363,6 +363,17 @@ func TestBadStreamsEndAloneWithClearErrors(t *testing.T) {
 		}(), codes.InvalidArgument, "records_length"},
 		{"second hello", 0, &pb.AgentMessage{Msg: &pb.AgentMessage_Hello{Hello: newHello("again")}}, codes.InvalidArgument, "unexpected"},
 		{"oversized", 0, batchMsg(1, packets(0, 20000)), codes.ResourceExhausted, "larger than max"},
+		{"zstd garbage", 0, func() *pb.AgentMessage {
+			m := batchMsg(1, packets(0, 4))
+			m.GetBatch().Compression = pb.Compression_COMPRESSION_ZSTD
+			return m
+		}(), codes.InvalidArgument, "zstd"},
+		{"zstd bomb", 0, func() *pb.AgentMessage {
+			m := batchMsg(1, packets(0, 4))
+			m.GetBatch().Compression = pb.Compression_COMPRESSION_ZSTD
+			m.GetBatch().RecordsLength = 1 << 30
+			return m
+		}(), codes.InvalidArgument, "over the limit"},
 		{"unknown compression", 0, func() *pb.AgentMessage {
 			m := batchMsg(1, packets(0, 4))
 			m.GetBatch().Compression = 42
@@ -476,7 +487,8 @@ func TestShutdownStoresAndClosesFiles(t *testing.T) {
 	s.send(batchMsg(1, packets(0, 25)))
 	s.wantAck(1)
 	tc.cancel()
-	err := s.wantEnd()
+	// Keep our side open: the collector ends the stream itself.
+	_, err := s.stream.Recv()
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("stream ended with %v, want Unavailable", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/klauspost/compress/zstd"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -44,6 +45,8 @@ type session struct {
 
 	w      *pcapfile.Writer
 	fileID int64
+	dec    *zstd.Decoder // created on the first compressed batch
+	decBuf []byte
 
 	// This session's own counters, for its log line.
 	packets, bytes, batches, duplicates uint64
@@ -206,7 +209,11 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	return s.ack(stream, b.Seq)
 }
 
-// records returns the batch's records, decompressed.
+// maxRecordsLength bounds a batch once decompressed.
+const maxRecordsLength = 64 << 20
+
+// records returns the batch's records, decompressed into the session's
+// buffer (reused for every batch) when they came compressed.
 func (s *session) records(b *pb.Batch) ([]byte, error) {
 	switch b.Compression {
 	case pb.Compression_COMPRESSION_NONE:
@@ -214,6 +221,30 @@ func (s *session) records(b *pb.Batch) ([]byte, error) {
 			return nil, status.Errorf(codes.InvalidArgument, "batch %d: records_length %d but %d bytes of records", b.Seq, b.RecordsLength, len(b.Records))
 		}
 		return b.Records, nil
+	case pb.Compression_COMPRESSION_ZSTD:
+		if b.RecordsLength > maxRecordsLength {
+			return nil, status.Errorf(codes.InvalidArgument, "batch %d: records_length %d over the limit of %d", b.Seq, b.RecordsLength, maxRecordsLength)
+		}
+		if s.dec == nil {
+			dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxRecordsLength),
+				zstd.WithDecoderMaxWindow(maxRecordsLength))
+			if err != nil {
+				return nil, status.Errorf(codes.Internal, "zstd: %v", err)
+			}
+			s.dec = dec
+		}
+		if cap(s.decBuf) < int(b.RecordsLength) {
+			s.decBuf = make([]byte, 0, b.RecordsLength)
+		}
+		out, err := s.dec.DecodeAll(b.Records, s.decBuf[:0])
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "batch %d: zstd: %v", b.Seq, err)
+		}
+		if len(out) != int(b.RecordsLength) {
+			return nil, status.Errorf(codes.InvalidArgument, "batch %d: decompressed to %d bytes, records_length says %d", b.Seq, len(out), b.RecordsLength)
+		}
+		s.decBuf = out
+		return out, nil
 	}
 	return nil, status.Errorf(codes.InvalidArgument, "batch %d: compression %v not supported", b.Seq, b.Compression)
 }
@@ -292,6 +323,9 @@ func (s *session) create(first int64) error {
 
 // close closes the session's file, if any, and marks it closed.
 func (s *session) close() error {
+	if s.dec != nil {
+		s.dec.Close()
+	}
 	var errs []error
 	if s.duplicates > 0 {
 		errs = append(errs, s.srv.store.AddDuplicates(context.Background(), s.uuid.String(), s.duplicates))
