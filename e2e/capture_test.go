@@ -181,6 +181,15 @@ func TestStopConditionsLive(t *testing.T) {
 			want: func(int, *proc) int { return 10000 / 342 },
 		},
 		{
+			name: "fanout-count",
+			args: []string{"--fanout", "2", "--count", "300"},
+			run: func(t *testing.T, a *proc, snd *nettest.UDPSender) int {
+				snd.Send(t, "fanout-count", 0, 500, size)
+				return 500
+			},
+			want: func(int, *proc) int { return 300 },
+		},
+		{
 			name: "duration",
 			args: []string{"--duration", "2s"},
 			run: func(t *testing.T, a *proc, snd *nettest.UDPSender) int {

@@ -177,14 +177,16 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	for _, spec := range cfg.Sources {
-		src, err := a.open(spec, exclude)
+		srcs, err := a.open(spec, exclude)
 		if err != nil {
 			a.closeSources()
 			return nil, err
 		}
-		r, err := newSourceRun(a, spec, src)
+		r, err := newSourceRun(a, spec, srcs)
 		if err != nil {
-			src.Close()
+			for _, src := range srcs {
+				src.Close()
+			}
 			a.closeSources()
 			return nil, err
 		}
@@ -193,13 +195,17 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-func (a *Agent) open(spec source.Spec, exclude string) (capture.Source, error) {
+func (a *Agent) open(spec source.Spec, exclude string) ([]capture.Source, error) {
 	if spec.Kind == source.File {
-		return capture.OpenFile(spec.Target, capture.FileConfig{Speed: a.cfg.ReplaySpeed, Filter: a.cfg.Capture.Filter})
+		src, err := capture.OpenFile(spec.Target, capture.FileConfig{Speed: a.cfg.ReplaySpeed, Filter: a.cfg.Capture.Filter})
+		if err != nil {
+			return nil, err
+		}
+		return []capture.Source{src}, nil
 	}
 	c := a.cfg.Capture
 	c.Filter = combineFilters(c.Filter, exclude)
-	src, err := capture.OpenLive(spec.Target, c)
+	srcs, err := capture.OpenLiveFanout(spec.Target, c)
 	if err != nil {
 		return nil, err
 	}
@@ -207,7 +213,7 @@ func (a *Agent) open(spec source.Spec, exclude string) (capture.Source, error) {
 		a.log.Warn("snaplen may cut packets short; tools such as Arkime then refuse the files unless told to read truncated packets",
 			"source", spec.Name, "snaplen", c.Snaplen)
 	}
-	return src, nil
+	return srcs, nil
 }
 
 func (a *Agent) closeSources() {

@@ -5,34 +5,79 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"github.com/tapstream/tapstream/internal/capture"
 	"github.com/tapstream/tapstream/internal/wire"
 )
 
-// capture packs packets into batches until a stop condition. Per packet it
-// does one call into the backend and one copy into the batch; the clock,
-// the context and the shared counters are looked at once per batch or every
-// checkEvery packets.
-func (r *sourceRun) capture(ctx context.Context) error {
+// limiter enforces --count and --size across a source's readers. With one
+// reader it counts in plain fields; with several (fanout) it shares atomic
+// counters. Without limits it is never consulted.
+type limiter struct {
+	count, size int64
+	shared      bool
+	packets     atomic.Int64
+	bytes       atomic.Int64
+	local       struct{ packets, bytes int64 }
+}
+
+// take accounts for one packet of n bytes and reports whether it may be
+// stored; when it may not, it says which limit stopped the source.
+func (l *limiter) take(n int) (ok bool, reason string) {
+	var p, b int64
+	if l.shared {
+		p, b = l.packets.Add(1), l.bytes.Add(int64(n))
+	} else {
+		l.local.packets++
+		l.local.bytes += int64(n)
+		p, b = l.local.packets, l.local.bytes
+	}
+	if l.size > 0 && b > l.size {
+		return false, fmt.Sprintf("reached --size %d bytes", l.size)
+	}
+	if l.count > 0 && p > l.count {
+		return false, fmt.Sprintf("reached --count %d", l.count)
+	}
+	return true, ""
+}
+
+// last reports whether the packet just taken was the last --count allows.
+func (l *limiter) last() bool {
+	if l.count == 0 {
+		return false
+	}
+	if l.shared {
+		return l.packets.Load() >= l.count
+	}
+	return l.local.packets >= l.count
+}
+
+// capture packs packets from src into batches until a stop condition. Per
+// packet it does one call into the backend and one copy into the batch; the
+// clock and the context are looked at once per batch or every checkEvery
+// packets, and counters are published once per batch.
+func (r *sourceRun) capture(ctx context.Context, src capture.Source, lim *limiter) error {
 	const checkEvery = 64
 	cfg := &r.a.cfg
+	limited := lim.count > 0 || lim.size > 0
 	b := wire.NewBuilder(0)
 	b.Take(r.q.buffer())
 	var (
 		pkt      capture.Packet
 		deadline time.Time // when the open batch must close; zero while empty
 		tick     int
-		packets  int64 // captured so far
+		packets  int64 // captured since the last flush
 		bytes    int64
 		last     capture.Stats
 		drops    pendingDrops
 	)
 	flush := func() {
-		r.stats.captured.Store(packets)
-		r.stats.capturedBytes.Store(bytes)
-		st, err := r.src.Stats()
+		r.stats.captured.Add(packets)
+		r.stats.capturedBytes.Add(bytes)
+		packets, bytes = 0, 0
+		st, err := src.Stats()
 		if err == nil {
 			drops.kernel += st.KernelDrops - last.KernelDrops
 			drops.iface += st.InterfaceDrops - last.InterfaceDrops
@@ -79,7 +124,7 @@ func (r *sourceRun) capture(ctx context.Context) error {
 				wait = drainUntil
 			}
 		}
-		err := r.src.Next(&pkt, wait)
+		err := src.Next(&pkt, wait)
 		switch {
 		case err == nil:
 		case errors.Is(err, capture.ErrTimeout):
@@ -102,9 +147,11 @@ func (r *sourceRun) capture(ctx context.Context) error {
 		}
 
 		n := len(pkt.Data)
-		if cfg.Size > 0 && bytes+int64(n) > cfg.Size {
-			r.setStop(fmt.Sprintf("reached --size %d bytes", cfg.Size))
-			return nil
+		if limited {
+			if ok, why := lim.take(n); !ok {
+				r.setStop(why)
+				return nil
+			}
 		}
 		if !b.Fits(n) {
 			flush()
@@ -115,8 +162,8 @@ func (r *sourceRun) capture(ctx context.Context) error {
 		if b.Packets() == 1 {
 			deadline = time.Now().Add(cfg.BatchDelay)
 		}
-		if cfg.Count > 0 && packets >= cfg.Count {
-			r.setStop(fmt.Sprintf("reached --count %d", cfg.Count))
+		if limited && lim.last() {
+			r.setStop(fmt.Sprintf("reached --count %d", lim.count))
 			return nil
 		}
 		// A steady trickle of packets never lets Next time out, so look

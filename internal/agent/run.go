@@ -39,7 +39,7 @@ type counters struct {
 type sourceRun struct {
 	a           *Agent
 	spec        source.Spec
-	src         capture.Source
+	srcs        []capture.Source // one, or several readers with --fanout
 	info        capture.Info
 	q           *queue
 	sp          *spool.Spool // nil without a spool
@@ -56,7 +56,7 @@ type sourceRun struct {
 
 // newSourceRun sets up a source's queue and, with a spool directory, opens
 // its spool and takes over what an earlier run left there.
-func newSourceRun(a *Agent, spec source.Spec, src capture.Source) (*sourceRun, error) {
+func newSourceRun(a *Agent, spec source.Spec, srcs []capture.Source) (*sourceRun, error) {
 	comp, err := newCompressor(a.cfg.Compress)
 	if err != nil {
 		return nil, err
@@ -64,8 +64,8 @@ func newSourceRun(a *Agent, spec source.Spec, src capture.Source) (*sourceRun, e
 	r := &sourceRun{
 		a:    a,
 		spec: spec,
-		src:  src,
-		info: src.Info(),
+		srcs: srcs,
+		info: srcs[0].Info(),
 		comp: comp,
 		log:  a.log.With("source", spec.Name),
 	}
@@ -163,9 +163,20 @@ func (r *sourceRun) run(ctx context.Context, client pb.CaptureClient) error {
 
 	captureDone := make(chan error, 1)
 	go func() {
-		err := r.capture(captureCtx)
+		lim := &limiter{count: r.a.cfg.Count, size: r.a.cfg.Size, shared: len(r.srcs) > 1}
+		errs := make([]error, len(r.srcs))
+		var wg sync.WaitGroup
+		for i, src := range r.srcs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = r.capture(captureCtx, src, lim)
+				stop() // one reader stopping (a limit, an error) stops them all
+			}()
+		}
+		wg.Wait()
 		r.q.close()
-		captureDone <- err
+		captureDone <- errors.Join(errs...)
 	}()
 
 	var captureErr, deliverErr error
@@ -274,7 +285,9 @@ func (r *sourceRun) logSummary() {
 }
 
 func (r *sourceRun) close() {
-	r.src.Close()
+	for _, src := range r.srcs {
+		src.Close()
+	}
 	if r.sp != nil {
 		r.sp.Close()
 	}

@@ -152,6 +152,14 @@ func (h *afpacket) setup(ifindex int, prog []bpf.RawInstruction, c Config) error
 	if err := unix.Bind(h.fd, sa); err != nil {
 		return fmt.Errorf("bind: %w", err)
 	}
+	if c.FanoutGroup != 0 {
+		// Flow hash keeps each flow's packets on one reader, in order;
+		// defrag sends all fragments of a datagram to the same one.
+		arg := int(c.FanoutGroup) | (unix.PACKET_FANOUT_HASH|unix.PACKET_FANOUT_FLAG_DEFRAG)<<16
+		if err := unix.SetsockoptInt(h.fd, unix.SOL_PACKET, unix.PACKET_FANOUT, arg); err != nil {
+			return fmt.Errorf("join fanout group %d: %w", c.FanoutGroup, err)
+		}
+	}
 	if c.Promisc {
 		mreq := unix.PacketMreq{Ifindex: int32(ifindex), Type: unix.PACKET_MR_PROMISC}
 		if err := unix.SetsockoptPacketMreq(h.fd, unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, &mreq); err != nil {

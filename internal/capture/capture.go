@@ -10,6 +10,7 @@ package capture
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 )
 
@@ -79,6 +80,11 @@ type Config struct {
 	// Filter is the tcpdump-syntax expression applied in the kernel. It is
 	// compiled by libpcap for the interface's link type.
 	Filter string
+	// Fanout, above 1, spreads the interface over that many AF_PACKET
+	// readers (PACKET_FANOUT, by flow hash), for hosts with cores to spare.
+	Fanout int
+	// FanoutGroup is the fanout group id; OpenLiveFanout sets it.
+	FanoutGroup uint16
 }
 
 // DefaultConfig returns the default live capture configuration.
@@ -129,6 +135,12 @@ func (c *Config) Validate() error {
 	if c.BlockTimeout < time.Millisecond {
 		return fmt.Errorf("block timeout %v below 1ms", c.BlockTimeout)
 	}
+	if c.Fanout < 0 || c.Fanout > 64 {
+		return fmt.Errorf("fanout %d out of range (1 to 64)", c.Fanout)
+	}
+	if c.Fanout > 1 && c.Backend != BackendAFPacket {
+		return errors.New("--fanout needs the afpacket backend")
+	}
 	return nil
 }
 
@@ -146,6 +158,38 @@ func OpenLive(iface string, c Config) (Source, error) {
 	default:
 		return openPcap(iface, c)
 	}
+}
+
+// OpenLiveFanout opens c.Fanout readers of iface that share its packets
+// (one when Fanout is 0 or 1). Each gets its share of the ring size.
+func OpenLiveFanout(iface string, c Config) ([]Source, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	if c.Fanout <= 1 {
+		src, err := OpenLive(iface, c)
+		if err != nil {
+			return nil, err
+		}
+		return []Source{src}, nil
+	}
+	c.FanoutGroup = uint16(os.Getpid()) ^ uint16(time.Now().UnixNano()>>10)
+	if c.FanoutGroup == 0 {
+		c.FanoutGroup = 1
+	}
+	c.RingSize = max(c.RingSize/c.Fanout, 2*c.BlockSize)
+	var srcs []Source
+	for range c.Fanout {
+		src, err := OpenLive(iface, c)
+		if err != nil {
+			for _, s := range srcs {
+				s.Close()
+			}
+			return nil, err
+		}
+		srcs = append(srcs, src)
+	}
+	return srcs, nil
 }
 
 // waitFor returns how long Next may block for deadline.

@@ -167,3 +167,74 @@ func TestLiveCapture(t *testing.T) {
 		})
 	}
 }
+
+// TestFanout: two readers in one fanout group share an interface's
+// packets; together they see each packet exactly once, each flow on one
+// reader.
+func TestFanout(t *testing.T) {
+	nettest.RequireRoot(t)
+	t.Parallel()
+	gen, capNS := nettest.NewNS(t), nettest.NewNS(t)
+	_, lb := nettest.Veth(t, gen, capNS, 78)
+	c := DefaultConfig()
+	c.Filter = "udp"
+	c.RingSize = 8 << 20
+	c.Fanout = 2
+	var srcs []Source
+	if err := capNS.Do(func() error {
+		var err error
+		srcs, err = OpenLiveFanout(lb.Name, c)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, s := range srcs {
+			s.Close()
+		}
+	}()
+	if len(srcs) != 2 {
+		t.Fatalf("%d readers, want 2", len(srcs))
+	}
+	const flows, per = 16, 50
+	for f := range flows {
+		s := nettest.NewUDPSender(t, gen, &net.UDPAddr{IP: lb.Addr, Port: 6000 + f})
+		s.Send(t, fmt.Sprintf("flow%02d", f), 0, per, 100)
+	}
+	seen := map[string]int{}
+	readerOf := map[string]int{}
+	perReader := make([]int, len(srcs))
+	for i, src := range srcs {
+		var pkt Packet
+		for {
+			err := src.Next(&pkt, time.Now().Add(300*time.Millisecond))
+			if errors.Is(err, ErrTimeout) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tag, seq, ok := nettest.ParsePayload(pkt.Data[42:])
+			if !ok {
+				t.Fatalf("unexpected packet %q", pkt.Data)
+			}
+			seen[fmt.Sprintf("%s/%d", tag, seq)]++
+			if r, ok := readerOf[tag]; ok && r != i {
+				t.Fatalf("flow %s split across readers", tag)
+			}
+			readerOf[tag] = i
+			perReader[i]++
+		}
+	}
+	if len(seen) != flows*per {
+		t.Fatalf("readers saw %d distinct packets, want %d", len(seen), flows*per)
+	}
+	for k, n := range seen {
+		if n != 1 {
+			t.Fatalf("%s seen %d times", k, n)
+		}
+	}
+	if perReader[0] == 0 || perReader[1] == 0 {
+		t.Fatalf("packets per reader %v: fanout did not spread the flows", perReader)
+	}
+}

@@ -34,6 +34,7 @@ type agentFlags struct {
 	ringSize     bytesize.Size
 	blockSize    bytesize.Size
 	blockTimeout time.Duration
+	fanout       int
 	insecure     bool
 	disableRetry bool
 	drainTimeout time.Duration
@@ -102,6 +103,7 @@ dropped, and then they are counted and reported to the collector.`,
 	fl.Var(&f.ringSize, "ring-size", "kernel capture buffer per source")
 	fl.Var(&f.blockSize, "block-size", "AF_PACKET ring block size (a power of two)")
 	fl.DurationVar(&f.blockTimeout, "block-timeout", capture.DefaultBlockTimeout, "AF_PACKET: hand over a partly filled block after this long")
+	fl.IntVar(&f.fanout, "fanout", 1, "AF_PACKET: spread each interface over this many readers (PACKET_FANOUT by flow), for multi-core hosts")
 	fl.BoolVar(&f.insecure, "insecure", false, "plaintext and no authentication (the collector must run with --insecure too)")
 	fl.BoolVar(&f.disableRetry, "disable-retry", false, "exit non-zero on the first connection failure instead of reconnecting")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", agent.DefaultDrainTimeout, "how long to wait for the last acks after capture stops")
@@ -144,6 +146,7 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 			RingSize:     int(f.ringSize),
 			BlockSize:    int(f.blockSize),
 			BlockTimeout: f.blockTimeout,
+			Fanout:       f.fanout,
 			Filter:       f.filter,
 		},
 		ReplaySpeed:  f.replaySpeed,
