@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -163,6 +164,25 @@ func TestLiveCapture(t *testing.T) {
 			st, err := src.Stats()
 			if err != nil || st.KernelDrops != 0 {
 				t.Fatalf("stats %+v, %v", st, err)
+			}
+
+			// Reading costs no allocation per packet.
+			s.Send(t, "live", 500, 500, 300)
+			deadline := time.Now().Add(5 * time.Second)
+			var m0, m1 runtime.MemStats
+			runtime.ReadMemStats(&m0)
+			n := 0
+			for ; n < 500; n++ {
+				if src.Next(&pkt, deadline) != nil {
+					break
+				}
+			}
+			runtime.ReadMemStats(&m1)
+			if n != 500 {
+				t.Fatalf("read %d of 500 packets", n)
+			}
+			if allocs := m1.Mallocs - m0.Mallocs; allocs > 20 {
+				t.Fatalf("reading 500 packets made %d allocations", allocs)
 			}
 		})
 	}

@@ -35,7 +35,7 @@ type testCollector struct {
 	closed bool
 }
 
-func startCollector(t *testing.T, mod func(*Config)) *testCollector {
+func startCollector(t testing.TB, mod func(*Config)) *testCollector {
 	t.Helper()
 	cfg := Config{DataDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), HelloTimeout: 2 * time.Second}
 	if testing.Verbose() {

@@ -42,3 +42,49 @@ func TestWriterFile(t *testing.T) {
 		t.Fatalf("Create over an existing file = %v, want ErrExist (files are never reopened)", err)
 	}
 }
+
+// Writing a batch costs the same allocations however many packets it holds.
+func TestWriteRecordsAllocs(t *testing.T) {
+	w, err := Create(filepath.Join(t.TempDir(), "allocs.pcap"), 1, 65535)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	for _, n := range []int{1, 100, 10000} {
+		b := wire.NewBuilder(n * (wire.RecordHeaderLen + 64))
+		for i := range n {
+			b.Append(int64(i), make([]byte, 64), 64)
+		}
+		payload := b.Bytes()
+		if allocs := testing.AllocsPerRun(20, func() {
+			if err := w.WriteRecords(payload); err != nil {
+				t.Fatal(err)
+			}
+		}); allocs != 0 {
+			t.Errorf("writing a batch of %d packets: %v allocs, want 0", n, allocs)
+		}
+	}
+}
+
+func BenchmarkWriteBatch64(b *testing.B) {
+	w, err := Create(filepath.Join(b.TempDir(), "bench.pcap"), 1, 65535)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Close()
+	bl := wire.NewBuilder(1 << 20)
+	for bl.Append(1, make([]byte, 64), 64) {
+	}
+	payload := bl.Bytes()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(payload)))
+	for b.Loop() {
+		if err := w.WriteRecords(payload); err != nil {
+			b.Fatal(err)
+		}
+		if w.Size() > 256<<20 {
+			w.Rewind(HeaderLen)
+		}
+	}
+	b.ReportMetric(float64(b.N*bl.Packets())/b.Elapsed().Seconds(), "packets/s")
+}
