@@ -25,7 +25,7 @@ const (
 	DefaultSnaplen      = 262144
 	DefaultRingSize     = 64 << 20
 	DefaultBlockSize    = 1 << 20
-	DefaultBlockTimeout = 10 * time.Millisecond
+	DefaultBlockTimeout = 50 * time.Millisecond
 )
 
 // ErrTimeout is returned by Next when no packet arrived before the deadline.

@@ -97,4 +97,3 @@ func (s *slowReader) Read(p []byte) (int, error) {
 	s.data = s.data[n:]
 	return n, nil
 }
-

@@ -18,7 +18,7 @@ type ackStream struct {
 
 func (s *ackStream) Send(*pb.CollectorMessage) error { s.acks++; return nil }
 func (s *ackStream) Recv() (*pb.AgentMessage, error) { panic("not used") }
-func (s *ackStream) Context() context.Context         { return context.Background() }
+func (s *ackStream) Context() context.Context        { return context.Background() }
 
 // newTestSession admits a source on a fresh Server.
 func newTestSession(t testing.TB) *session {
@@ -58,7 +58,6 @@ func TestHandleAllocsDoNotGrowWithPackets(t *testing.T) {
 		t.Fatalf("%d acks for %d batches", st.acks, seq)
 	}
 }
-
 
 func BenchmarkHandleBatch64(b *testing.B) {
 	sess := newTestSession(b)
