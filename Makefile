@@ -35,10 +35,23 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-# Native fuzzing of every decoder that reads agent input, FUZZTIME each.
+# Native fuzzing of every decoder that reads agent input (and the agent's
+# own file and spool readers), FUZZTIME each. Seed corpora live in each
+# package's testdata/fuzz and run with every `go test`.
+FUZZ_TARGETS := \
+	FuzzAgentMessage:./internal/collector \
+	FuzzValidate:./internal/wire \
+	FuzzParseToken:./internal/auth \
+	FuzzSanitizeName:./internal/source \
+	FuzzScan:./internal/spool \
+	FuzzPcapReader:./internal/capture
+
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzValidate$$' -fuzztime $(FUZZTIME) ./internal/wire
-	$(GO) test -run '^$$' -fuzz '^FuzzScan$$' -fuzztime $(FUZZTIME) ./internal/spool
+	@for t in $(FUZZ_TARGETS); do \
+	  name=$${t%%:*}; pkg=$${t#*:}; \
+	  echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
 
 # Regenerate the protocol's Go code (committed) from proto/.
 proto:

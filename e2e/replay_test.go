@@ -173,7 +173,9 @@ func TestUsageErrors(t *testing.T) {
 		{"no connect", []string{"agent", "--insecure", "--source", "lo"}, "--connect"},
 		{"bad size", []string{"agent", "--insecure", "--connect", addr, "--source", "lo", "--size", "lots"}, "invalid size"},
 		{"unknown flag", []string{"agent", "--bogus"}, "unknown flag"},
-		{"collector without insecure", []string{"collector", "--data", t.TempDir()}, "--insecure"},
+		{"collector insecure with a certificate", []string{"collector", "--insecure", "--tls-cert", "x.pem", "--tls-key", "x.key", "--data", t.TempDir()}, "--insecure turns TLS off"},
+		{"agent without a pin", []string{"agent", "--connect", addr, "--source", "lo", "--token", "tst_000000000000_" + strings.Repeat("0", 48)}, "no way to trust the collector"},
+		{"agent without credentials", []string{"agent", "--connect", addr, "--source", "lo", "--pin", "sha256:" + strings.Repeat("ab", 32)}, "no credentials"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -26,13 +26,20 @@ collector_pid=""
 cleanup() { [ -n "$collector_pid" ] && kill "$collector_pid" 2>/dev/null || true; }
 trap cleanup EXIT
 
-echo "==> collector: $bin collector --insecure --listen 127.0.0.1:$port --data $data"
-$bin collector --insecure --listen 127.0.0.1:$port --data "$data" 2>"$log/collector.log" &
+echo "==> collector (TLS, with a CA of its own): $bin collector --listen 127.0.0.1:$port --data $data"
+$bin collector --listen 127.0.0.1:$port --data "$data" 2>"$log/collector.log" &
 collector_pid=$!
-for _ in $(seq 50); do grep -q "collector listening" "$log/collector.log" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q "collector identity" "$log/collector.log" && break; sleep 0.1; done
+pin=$($bin pin --data "$data")
+echo "    pin: $pin"
 
-echo "==> agent: $bin agent --insecure --connect 127.0.0.1:$port --source lo:name=demo --filter 'udp port $udp' --duration 4s"
-$bin agent --insecure --connect 127.0.0.1:$port --source lo:name=demo --filter "udp port $udp" --duration 4s 2>"$log/agent.log" &
+echo "==> token: $bin token create --data $data --role agent --name demo"
+token=$($bin token create --data "$data" --role agent --name demo | tail -1 | awk '{print $NF}')
+echo "    token: ${token:0:20}..."
+
+echo "==> agent: $bin agent --connect 127.0.0.1:$port --pin $pin --token <token> --source lo:name=demo --filter 'udp port $udp' --duration 4s"
+$bin agent --connect 127.0.0.1:$port --pin "$pin" --token "$token" --source lo:name=demo --filter "udp port $udp" --duration 4s \
+  --spool-dir "$data/spool" 2>"$log/agent.log" &
 agent_pid=$!
 for _ in $(seq 50); do grep -q "msg=streaming" "$log/agent.log" && break; sleep 0.1; done
 

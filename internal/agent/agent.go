@@ -11,6 +11,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,14 +21,17 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/tapstream/tapstream/internal/auth"
 	"github.com/tapstream/tapstream/internal/capture"
 	"github.com/tapstream/tapstream/internal/source"
 	"github.com/tapstream/tapstream/internal/wire"
@@ -70,7 +74,20 @@ type Config struct {
 	SpoolDir  string
 	SpoolSize int64 // per source
 
-	Insecure     bool
+	// Insecure means plaintext without authentication. Otherwise the
+	// agent speaks TLS, trusts the collector by Pin or CAFile, and
+	// presents Token, or User and Password (or a client certificate).
+	Insecure bool
+	Pin      string
+	CAFile   string
+	CertFile string // client certificate, for collectors with --client-ca
+	KeyFile  string
+	Token    string
+	User     string
+	Password string
+	// Endpoint is a path prefix for a proxy in front of the collector
+	// (nginx grpc_pass with a location prefix).
+	Endpoint     string
 	DisableRetry bool
 	MaxBackoff   time.Duration
 	// DrainTimeout bounds the wait for the last acks after capture stops.
@@ -99,7 +116,31 @@ func (c *Config) Validate() error {
 		seen[s.UUID] = s.Name
 	}
 	if !c.Insecure {
-		return errors.New("TLS is not available in this version yet: run both collector and agent with --insecure (plaintext, no authentication)")
+		if c.Pin == "" && c.CAFile == "" {
+			return auth.ErrNoTrust
+		}
+		if c.Pin != "" {
+			if _, err := auth.ParsePin(c.Pin); err != nil {
+				return err
+			}
+		}
+		if c.Token == "" && c.User == "" && c.CertFile == "" {
+			return errors.New("no credentials for the collector: pass --token (make one on the collector with `tapstream token create --role agent`), --user and --password, or --cert and --key")
+		}
+		if c.User != "" && c.Password == "" {
+			return errors.New("--user needs --password (or --password-file)")
+		}
+		if c.Token != "" {
+			if _, _, err := auth.ParseToken(c.Token); err != nil {
+				return fmt.Errorf("--token: not a tapstream token (they look like tst_<12 hex>_<48 hex>)")
+			}
+		}
+	}
+	if c.Endpoint != "" {
+		c.Endpoint = "/" + strings.Trim(c.Endpoint, "/")
+		if c.Endpoint == "/" {
+			c.Endpoint = ""
+		}
 	}
 	if c.Count < 0 || c.Size < 0 || c.Duration < 0 {
 		return errors.New("stop conditions must not be negative")
@@ -159,10 +200,11 @@ const maxBatchSize = 8 << 20
 
 // Agent runs the configured sources.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
-	sources []*sourceRun
-	conn    *grpc.ClientConn
+	cfg      Config
+	log      *slog.Logger
+	sources  []*sourceRun
+	conn     *grpc.ClientConn
+	trustErr atomic.Pointer[error] // set when the collector's certificate fails verification
 }
 
 // New validates cfg and opens every source, so that a bad interface name or
@@ -233,7 +275,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.conn = conn
 	defer conn.Close()
-	client := pb.NewCaptureClient(conn)
 
 	for _, r := range a.sources {
 		a.log.Info("capturing", "source", r.spec.Name, "uuid", r.spec.UUID, "interface", r.info.Interface,
@@ -245,7 +286,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = r.run(ctx, client)
+			errs[i] = r.run(ctx)
 		}()
 	}
 	wg.Wait()
@@ -256,8 +297,26 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func (a *Agent) dial() (*grpc.ClientConn, error) {
+	creds := insecure.NewCredentials()
+	if !a.cfg.Insecure {
+		host, _, _ := net.SplitHostPort(a.cfg.Connect)
+		tc, err := auth.ClientTLS(auth.ClientOptions{ServerName: host, Pin: a.cfg.Pin, CAFile: a.cfg.CAFile,
+			CertFile: a.cfg.CertFile, KeyFile: a.cfg.KeyFile})
+		if err != nil {
+			return nil, err
+		}
+		verify := tc.VerifyConnection
+		tc.VerifyConnection = func(cs tls.ConnectionState) error {
+			err := verify(cs)
+			if err != nil {
+				a.trustErr.Store(&err)
+			}
+			return err
+		}
+		creds = credentials.NewTLS(tc)
+	}
 	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time:                15 * time.Second,
 			Timeout:             10 * time.Second,
@@ -283,6 +342,27 @@ func (a *Agent) dial() (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("collector address %s: %w", a.cfg.Connect, err)
 	}
 	return conn, nil
+}
+
+// openStream opens one source's stream, under the endpoint prefix if any.
+func (a *Agent) openStream(ctx context.Context) (pb.Capture_StreamClient, error) {
+	if a.cfg.Endpoint == "" {
+		return pb.NewCaptureClient(a.conn).Stream(ctx)
+	}
+	desc := &pb.Capture_ServiceDesc.Streams[0]
+	cs, err := a.conn.NewStream(ctx, desc, a.cfg.Endpoint+"/"+pb.Capture_ServiceDesc.ServiceName+"/"+desc.StreamName)
+	if err != nil {
+		return nil, err
+	}
+	return &grpc.GenericClientStream[pb.AgentMessage, pb.CollectorMessage]{ClientStream: cs}, nil
+}
+
+// trustFailure returns the TLS verification failure seen last, if any.
+func (a *Agent) trustFailure() error {
+	if p := a.trustErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // selfExclusion returns a filter expression matching the agent's own

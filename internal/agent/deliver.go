@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -17,10 +18,10 @@ import (
 
 // deliver streams the queue to the collector, reconnecting until the queue
 // is drained or ctx ends.
-func (r *sourceRun) deliver(ctx context.Context, client pb.CaptureClient) error {
+func (r *sourceRun) deliver(ctx context.Context) error {
 	bo := backoffPolicy{base: time.Second, max: r.a.cfg.MaxBackoff}
 	for attempt := 1; ; attempt++ {
-		progressed, err := r.session(ctx, client)
+		progressed, err := r.session(ctx)
 		if err == nil {
 			return nil
 		}
@@ -30,6 +31,13 @@ func (r *sourceRun) deliver(ctx context.Context, client pb.CaptureClient) error 
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if terr := r.a.trustFailure(); terr != nil {
+			// The collector's identity failed verification: retrying
+			// would only try the same again.
+			r.log.Error("refusing to stream to this collector", "collector", r.a.cfg.Connect, "err", terr)
+			return &TrustError{Err: terr}
+		}
+		err = explain(err, r.a.cfg.Insecure)
 		var perm *PermanentError
 		if errors.As(err, &perm) {
 			r.log.Error("collector refused this source; giving up", "reason", perm.Reason, "err", perm.Msg)
@@ -90,11 +98,11 @@ const helloTimeout = 15 * time.Second
 // session runs one stream. It returns nil once every batch is acked and the
 // collector has closed the stream, and reports whether the collector acked
 // anything before the stream ended.
-func (r *sourceRun) session(ctx context.Context, client pb.CaptureClient) (progressed bool, err error) {
+func (r *sourceRun) session(ctx context.Context) (progressed bool, err error) {
 	g, gctx := errgroup.WithContext(ctx)
 	sctx, cancel := context.WithCancel(gctx)
 	defer cancel()
-	stream, err := client.Stream(sctx)
+	stream, err := r.a.openStream(sctx)
 	if err != nil {
 		return false, err
 	}
@@ -262,3 +270,22 @@ func (b *backoffPolicy) next() time.Duration {
 }
 
 func (b *backoffPolicy) reset() { b.cur = 0 }
+
+// TrustError is a collector whose TLS identity failed verification.
+type TrustError struct{ Err error }
+
+func (e *TrustError) Error() string { return "collector not trusted: " + e.Err.Error() }
+func (e *TrustError) Unwrap() error { return e.Err }
+
+// explain adds a hint to connection errors that come from a TLS mismatch
+// between agent and collector.
+func explain(err error, insecure bool) error {
+	msg := err.Error()
+	switch {
+	case insecure && (strings.Contains(msg, "server preface") || strings.Contains(msg, "connection reset")):
+		return fmt.Errorf("%w (is the collector serving TLS? then drop --insecure and pass --pin)", err)
+	case !insecure && strings.Contains(msg, "first record does not look like a TLS handshake"):
+		return fmt.Errorf("%w (the collector speaks plaintext: it runs with --insecure)", err)
+	}
+	return err
+}

@@ -129,7 +129,7 @@ func (e *PermanentError) Error() string {
 }
 
 // run captures until a stop condition or ctx ends, while delivering.
-func (r *sourceRun) run(ctx context.Context, client pb.CaptureClient) error {
+func (r *sourceRun) run(ctx context.Context) error {
 	captureCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	r.stopCapture = stop
@@ -156,7 +156,7 @@ func (r *sourceRun) run(ctx context.Context, client pb.CaptureClient) error {
 	deliveryEnded := make(chan struct{})
 	r.delivered = deliveryEnded
 	go func() {
-		err := r.deliver(deliverCtx, client)
+		err := r.deliver(deliverCtx)
 		close(deliveryEnded)
 		deliverDone <- err
 	}()
@@ -257,7 +257,16 @@ func (r *sourceRun) hello() *pb.Hello {
 		Filter:               r.a.cfg.Capture.Filter,
 		AgentVersion:         version.String(),
 		AgentTimeUnixNano:    time.Now().UnixNano(),
+		Credentials:          r.credentials(),
 	}
+}
+
+func (r *sourceRun) credentials() *pb.Credentials {
+	c := &r.a.cfg
+	if c.Insecure || c.Token == "" && c.User == "" {
+		return nil
+	}
+	return &pb.Credentials{Token: c.Token, User: c.User, Password: c.Password}
 }
 
 func (r *sourceRun) logSummary() {

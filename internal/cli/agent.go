@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -36,6 +37,15 @@ type agentFlags struct {
 	blockTimeout time.Duration
 	fanout       int
 	insecure     bool
+	pin          string
+	caFile       string
+	certFile     string
+	keyFile      string
+	token        string
+	user         string
+	password     string
+	passwordFile string
+	endpoint     string
 	disableRetry bool
 	drainTimeout time.Duration
 }
@@ -77,8 +87,9 @@ Every batch stays with the agent until the collector acks it: in memory
 restart. An agent killed and started again with the same sources and spool
 sends what it had not delivered. Only when both are full are packets
 dropped, and then they are counted and reported to the collector.`,
-		Example: `  tapstream agent --insecure --connect 127.0.0.1:7447 --source eth0 --filter 'tcp port 443'
-  tapstream agent --insecure --connect collector:7447 --source eth0:name=web1 --count 10000
+		Example: `  tapstream agent --connect collector:7447 --pin sha256:3b1f... --token tst_... --source eth0 --filter 'tcp port 443'
+  tapstream agent --connect collector:7447 --ca collector-ca.crt --user sensor --password-file pw --source eth0:name=web1 --count 10000
+  tapstream agent --connect proxy.example:443 --endpoint /tapstream --pin sha256:... --token tst_... --source eth0
   tapstream agent --insecure --connect 127.0.0.1:7447 --source file:trace.pcap --replay-speed 1`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd, g, f) },
@@ -105,6 +116,16 @@ dropped, and then they are counted and reported to the collector.`,
 	fl.DurationVar(&f.blockTimeout, "block-timeout", capture.DefaultBlockTimeout, "AF_PACKET: hand over a partly filled block after this long")
 	fl.IntVar(&f.fanout, "fanout", 1, "AF_PACKET: spread each interface over this many readers (PACKET_FANOUT by flow), for multi-core hosts")
 	fl.BoolVar(&f.insecure, "insecure", false, "plaintext and no authentication (the collector must run with --insecure too)")
+	fl.StringVar(&f.pin, "pin", "", "trust the collector whose certificate chain holds this pin (sha256:..., printed by the collector)")
+	fl.StringVar(&f.caFile, "ca", "", "trust collectors whose certificate is signed by a CA in this PEM file")
+	fl.StringVar(&f.token, "token", "", "API token with role agent (tapstream token create --role agent on the collector)")
+	fl.StringVar(&f.token, "apikey", "", "same as --token (Kismet's name)")
+	fl.StringVar(&f.user, "user", "", "user name, for users made with tapstream user add")
+	fl.StringVar(&f.password, "password", "", "password of --user (visible to other local users in ps: prefer --password-file or TAPSTREAM_PASSWORD)")
+	fl.StringVar(&f.passwordFile, "password-file", "", "file holding the password of --user")
+	fl.StringVar(&f.certFile, "cert", "", "client certificate (PEM), for collectors run with --client-ca")
+	fl.StringVar(&f.keyFile, "key", "", "key of --cert")
+	fl.StringVar(&f.endpoint, "endpoint", "", "path prefix of a proxy in front of the collector, e.g. /tapstream (its --uri-prefix)")
 	fl.BoolVar(&f.disableRetry, "disable-retry", false, "exit non-zero on the first connection failure instead of reconnecting")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", agent.DefaultDrainTimeout, "how long to wait for the last acks after capture stops")
 	return cmd
@@ -125,6 +146,13 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 		if err := capture.CheckFilter(f.filter); err != nil {
 			return err
 		}
+	}
+	if f.passwordFile != "" {
+		b, err := os.ReadFile(f.passwordFile)
+		if err != nil {
+			return usagef("--password-file: %v", err)
+		}
+		f.password = strings.TrimRight(string(b), "\r\n")
 	}
 	hostname, _ := os.Hostname()
 	machineID := source.MachineID()
@@ -160,6 +188,14 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 		SpoolDir:     spoolDir(f.spoolDir),
 		SpoolSize:    int64(f.spoolSize),
 		Insecure:     f.insecure,
+		Pin:          f.pin,
+		CAFile:       f.caFile,
+		CertFile:     f.certFile,
+		KeyFile:      f.keyFile,
+		Token:        f.token,
+		User:         f.user,
+		Password:     f.password,
+		Endpoint:     f.endpoint,
 		DisableRetry: f.disableRetry,
 		DrainTimeout: f.drainTimeout,
 		Hostname:     hostname,

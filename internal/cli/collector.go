@@ -2,14 +2,18 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"path/filepath"
 	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/tapstream/tapstream/internal/auth"
 	"github.com/tapstream/tapstream/internal/bytesize"
 	"github.com/tapstream/tapstream/internal/collector"
 )
@@ -18,6 +22,13 @@ type collectorFlags struct {
 	listen          string
 	data            string
 	insecure        bool
+	tlsCert         string
+	tlsKey          string
+	tlsSANs         []string
+	clientCA        string
+	uriPrefix       string
+	maxConns        int
+	maxConnsPerIP   int
 	fsync           bool
 	maxMessage      bytesize.Size
 	shutdownTimeout time.Duration
@@ -36,10 +47,20 @@ Files are nanosecond pcap with the source's link type and snaplen, written
 under their final name and closed once, so Arkime's capture --monitor can
 watch DATA/pcap. The collector listens on port %d by default.
 
+It serves TLS. On first start it creates a CA and a server certificate in
+DATA/tls (or takes yours with --tls-cert/--tls-key) and prints the CA's pin,
+sha256:..., which agents pass with --pin. Agents authenticate with an API
+token (tapstream token create --role agent) or a user and password
+(tapstream user add), or with a client certificate signed by --client-ca.
+--insecure turns TLS and authentication off and listens on loopback unless
+--listen says otherwise.
+
 Stop it with SIGINT or SIGTERM: it stores and acks the batches in hand,
 closes every file and prints per-source counters.`, collector.DefaultPort),
-		Example: `  tapstream collector --insecure --data /var/lib/tapstream
-  tapstream collector --insecure --listen 0.0.0.0:7447   # plaintext on the network: warns`,
+		Example: `  tapstream collector --data /var/lib/tapstream
+  tapstream collector --data /var/lib/tapstream --tls-san capture.example.org
+  tapstream collector --uri-prefix /tapstream       # behind nginx grpc_pass
+  tapstream collector --insecure                     # plaintext on 127.0.0.1 only`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runCollector(cmd, g, f) },
 	}
@@ -47,6 +68,13 @@ closes every file and prints per-source counters.`, collector.DefaultPort),
 	fl.StringVar(&f.listen, "listen", "", fmt.Sprintf("address to listen on (default 127.0.0.1:%d with --insecure)", collector.DefaultPort))
 	fl.StringVar(&f.data, "data", "./tapstream-data", "data directory: pcap files and state")
 	fl.BoolVar(&f.insecure, "insecure", false, "plaintext and no authentication (listens on loopback unless --listen says otherwise)")
+	fl.StringVar(&f.tlsCert, "tls-cert", "", "server certificate (PEM, chain allowed) instead of the generated one")
+	fl.StringVar(&f.tlsKey, "tls-key", "", "key of --tls-cert")
+	fl.StringArrayVar(&f.tlsSANs, "tls-san", nil, "extra name or address for the generated certificate (repeatable)")
+	fl.StringVar(&f.clientCA, "client-ca", "", "accept agents presenting a client certificate signed by this CA (PEM) instead of a token")
+	fl.StringVar(&f.uriPrefix, "uri-prefix", "", "path prefix a proxy keeps in front of the gRPC path, e.g. /tapstream")
+	fl.IntVar(&f.maxConns, "max-conns", collector.DefaultMaxConns, "connections at most, in all")
+	fl.IntVar(&f.maxConnsPerIP, "max-conns-per-addr", collector.DefaultMaxConnsPerIP, "connections at most from one address")
 	fl.BoolVar(&f.fsync, "fsync", false, "sync each batch to disk before acking it")
 	fl.Var(&f.maxMessage, "max-message-size", "largest message accepted from an agent")
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", collector.DefaultShutdownTimeout, "how long shutdown waits for streams to finish")
@@ -58,20 +86,43 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 	if err != nil {
 		return err
 	}
-	if !f.insecure {
-		return usagef("TLS is not available in this version yet: start the collector with --insecure (plaintext, no authentication, loopback by default)")
-	}
 	listen := f.listen
 	if listen == "" {
-		listen = net.JoinHostPort("127.0.0.1", strconv.Itoa(collector.DefaultPort))
+		host := ""
+		if f.insecure {
+			host = "127.0.0.1"
+		}
+		listen = net.JoinHostPort(host, strconv.Itoa(collector.DefaultPort))
 	}
-	host, _, err := net.SplitHostPort(listen)
+	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		return usagef("--listen %q: want HOST:PORT: %v", listen, err)
 	}
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		log.Warn("INSECURE: plaintext, unauthenticated collector listening beyond loopback; anyone who reaches this port can send packets and read nothing is encrypted",
-			"listen", listen)
+	var tlsCfg *tls.Config
+	var id *auth.Identity
+	if f.insecure {
+		if f.tlsCert != "" || f.clientCA != "" {
+			return usagef("--insecure turns TLS off: drop it, or drop --tls-cert/--client-ca")
+		}
+		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+			log.Warn("INSECURE: plaintext, unauthenticated collector listening beyond loopback; anyone who reaches this port can send packets, and nothing is encrypted",
+				"listen", listen)
+		}
+	} else {
+		if (f.tlsCert == "") != (f.tlsKey == "") {
+			return usagef("--tls-cert and --tls-key go together")
+		}
+		if f.tlsCert != "" {
+			id, err = auth.LoadIdentity(f.tlsCert, f.tlsKey)
+		} else {
+			id, err = auth.LoadOrCreateIdentity(filepath.Join(f.data, "tls"), append(auth.DefaultSANs(), f.tlsSANs...))
+		}
+		if err != nil {
+			return err
+		}
+		if tlsCfg, err = auth.ServerTLS(id, f.clientCA); err != nil {
+			return err
+		}
 	}
 	srv, err := collector.New(collector.Config{
 		DataDir:         f.data,
@@ -79,6 +130,10 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 		Fsync:           f.fsync,
 		ShutdownTimeout: f.shutdownTimeout,
 		Logger:          log,
+		TLS:             tlsCfg,
+		URIPrefix:       f.uriPrefix,
+		MaxConns:        f.maxConns,
+		MaxConnsPerIP:   f.maxConnsPerIP,
 	})
 	if err != nil {
 		return err
@@ -87,7 +142,10 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	log.Info("collector listening", "addr", lis.Addr().String(), "data", f.data, "tls", false)
+	log.Info("collector listening", "addr", lis.Addr().String(), "data", f.data, "tls", tlsCfg != nil, "uri_prefix", f.uriPrefix)
+	if id != nil {
+		printPin(g.stderr, id, f.data, port)
+	}
 	err = srv.Serve(cmd.Context(), lis)
 	sources, serr := srv.Sources(context.Background())
 	for _, t := range sources {
@@ -100,4 +158,14 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 	}
 	log.Info("collector stopped")
 	return errors.Join(err, serr)
+}
+
+// printPin tells the operator how agents trust this collector.
+func printPin(w io.Writer, id *auth.Identity, data, port string) {
+	fmt.Fprintf(w, "\ncollector identity: %s\n", id.Pin())
+	fmt.Fprintf(w, "  (CA certificate: %s)\n", id.CAFile)
+	fmt.Fprintf(w, "agents connect with:\n")
+	fmt.Fprintf(w, "  tapstream agent --connect <this host>:%s --pin %s \\\n", port, id.Pin())
+	fmt.Fprintf(w, "      --token <token> --source eth0\n")
+	fmt.Fprintf(w, "make a token with:\n  tapstream token create --data %s --role agent\n\n", data)
 }

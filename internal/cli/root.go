@@ -71,10 +71,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 collector, which stores them as pcap files that Wireshark, tshark, Arkime,
 Zeek and Suricata read.
 
-Start a collector, then point agents at it:
+Start a collector (it prints its pin), make a token, point agents at it:
 
-  tapstream collector --insecure --data ./tapstream-data
-  tapstream agent --insecure --connect 127.0.0.1:7447 --source eth0 --filter 'tcp port 443'
+  tapstream collector --data ./tapstream-data
+  tapstream token create --data ./tapstream-data --role agent
+  tapstream agent --connect collector:7447 --pin sha256:... --token tst_... \
+      --source eth0 --filter 'tcp port 443'
 
 Every flag can also be set with an environment variable: TAPSTREAM_ and the
 flag's name in capitals with '_' for '-', such as TAPSTREAM_CONNECT.`,
@@ -95,6 +97,9 @@ flag's name in capitals with '_' for '-', such as TAPSTREAM_CONNECT.`,
 		newAgentCmd(g),
 		newInterfacesCmd(g),
 		newVersionCmd(g),
+		newTokenCmd(g),
+		newUserCmd(g),
+		newPinCmd(g),
 	)
 	root.CompletionOptions.HiddenDefaultCmd = true
 

@@ -8,18 +8,21 @@ package collector
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -36,6 +39,12 @@ const (
 	DefaultMaxMessageBytes = 16 << 20
 	DefaultHelloTimeout    = 10 * time.Second
 	DefaultShutdownTimeout = 10 * time.Second
+	// DefaultMaxStreamsPerConn bounds the sources one connection carries.
+	DefaultMaxStreamsPerConn = 64
+	// handshakeTimeout bounds TLS and HTTP/2 setup of a new connection.
+	handshakeTimeout = 10 * time.Second
+	// maxRecordsPerBatch bounds the records one batch may hold.
+	maxRecordsPerBatch = 1 << 20
 )
 
 // HTTP/2 flow-control windows for agent streams.
@@ -53,6 +62,21 @@ type Config struct {
 	HelloTimeout    time.Duration
 	ShutdownTimeout time.Duration
 	Logger          *slog.Logger
+
+	// TLS, when set, is served on the port and agents must authenticate;
+	// nil means plaintext without authentication (--insecure).
+	TLS *tls.Config
+	// URIPrefix is a path prefix that a proxy in front passes along, as in
+	// Kismet's httpd_uri_prefix: streams arrive at
+	// <prefix>/tapstream.v1.Capture/Stream.
+	URIPrefix string
+	// Connection limits: in all, and from one address.
+	MaxConns, MaxConnsPerIP int
+	// MaxStreamsPerConn bounds the sources one connection may stream.
+	MaxStreamsPerConn uint32
+	// MaxAuthFailures an address may have in a minute before it is
+	// refused for a minute.
+	MaxAuthFailures int
 }
 
 // Validate checks c and fills in defaults.
@@ -75,6 +99,24 @@ func (c *Config) Validate() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	if c.MaxConnsPerIP == 0 {
+		c.MaxConnsPerIP = DefaultMaxConnsPerIP
+	}
+	if c.MaxAuthFailures == 0 {
+		c.MaxAuthFailures = DefaultMaxAuthFailures
+	}
+	if c.MaxStreamsPerConn == 0 {
+		c.MaxStreamsPerConn = DefaultMaxStreamsPerConn
+	}
+	if c.URIPrefix != "" {
+		c.URIPrefix = "/" + strings.Trim(c.URIPrefix, "/")
+		if c.URIPrefix == "/" {
+			c.URIPrefix = ""
+		}
+	}
 	return nil
 }
 
@@ -85,7 +127,8 @@ type Server struct {
 	log     *slog.Logger
 	pcapDir string
 
-	store *store.Store
+	store    *store.Store
+	failures failureLimiter
 
 	mu       sync.Mutex
 	live     map[uuid.UUID]*session // streaming now
@@ -159,16 +202,38 @@ func (s *Server) GRPCServer(extra ...grpc.ServerOption) *grpc.Server {
 			Time:    15 * time.Second,
 			Timeout: 10 * time.Second,
 		}),
+		grpc.ConnectionTimeout(handshakeTimeout),
+		grpc.MaxConcurrentStreams(s.cfg.MaxStreamsPerConn),
 	}, extra...)
+	if s.cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(s.cfg.TLS)))
+	}
+	if s.cfg.URIPrefix != "" {
+		opts = append(opts, grpc.UnknownServiceHandler(s.prefixed))
+	}
 	g := grpc.NewServer(opts...)
 	pb.RegisterCaptureServer(g, s)
 	return g
+}
+
+// streamMethod is the full method name of Capture.Stream.
+var streamMethod = "/" + pb.Capture_ServiceDesc.ServiceName + "/" + pb.Capture_ServiceDesc.Streams[0].StreamName
+
+// prefixed serves Capture.Stream under the configured URI prefix, for
+// agents behind a proxy that keeps the prefix in the path.
+func (s *Server) prefixed(_ any, stream grpc.ServerStream) error {
+	method, _ := grpc.MethodFromServerStream(stream)
+	if method != s.cfg.URIPrefix+streamMethod {
+		return status.Errorf(codes.Unimplemented, "unknown method %q (this collector serves %s%s)", method, s.cfg.URIPrefix, streamMethod)
+	}
+	return s.Stream(&grpc.GenericServerStream[pb.AgentMessage, pb.CollectorMessage]{ServerStream: stream})
 }
 
 // Serve serves on lis until ctx ends, then shuts down gracefully: it stops
 // accepting streams, lets every stream store and ack what it has received,
 // closes the files, and returns.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	lis = newLimitListener(lis, s.cfg.MaxConns, s.cfg.MaxConnsPerIP, s.log)
 	g := s.GRPCServer()
 	errc := make(chan error, 1)
 	go func() { errc <- g.Serve(lis) }()
@@ -225,7 +290,15 @@ func (s *Server) Stream(stream pb.Capture_StreamServer) error {
 		log.Warn("stream ended before Hello", "err", err)
 		return err
 	}
-	sess, ref := s.admit(hello, remote)
+	ref := checkHello(hello)
+	var who string
+	if ref == nil {
+		who, ref = s.authenticate(ctx, hello, remote)
+	}
+	var sess *session
+	if ref == nil {
+		sess, ref = s.admit(hello, remote)
+	}
 	if ref != nil {
 		log.Warn("refused source", "source", hello.GetSourceName(), "uuid", hello.GetSourceUuid(), "reason", ref.Reason, "err", ref.Message)
 		stream.Send(&pb.CollectorMessage{Msg: &pb.CollectorMessage_Refusal{Refusal: ref}})
@@ -234,7 +307,7 @@ func (s *Server) Stream(stream pb.Capture_StreamServer) error {
 	defer s.release(sess)
 	log = log.With("source", sess.name, "uuid", sess.uuid, "session", sess.id)
 	sess.log = log
-	log.Info("agent connected",
+	log.Info("agent connected", "as", who,
 		"hostname", hello.Hostname, "os", hello.Os, "arch", hello.Arch,
 		"interface", hello.Interface, "link_type", hello.LinkType, "snaplen", hello.Snaplen,
 		"filter", hello.Filter, "agent_version", hello.AgentVersion, "resume_after", sess.lastSeq)

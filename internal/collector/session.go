@@ -147,6 +147,9 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 			"batch seq %d is ahead of this capture run: the collector has stored up to seq %d, so batches %d to %d are missing",
 			b.Seq, s.lastSeq, s.lastSeq+1, b.Seq-1)
 	}
+	if b.Packets > maxRecordsPerBatch {
+		return status.Errorf(codes.InvalidArgument, "batch %d: %d packets, over the limit of %d", b.Seq, b.Packets, maxRecordsPerBatch)
+	}
 	records, err := s.records(b)
 	if err != nil {
 		return err

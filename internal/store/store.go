@@ -13,6 +13,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
@@ -104,6 +105,10 @@ func Open(path string, o Options) (*Store, error) {
 	if o.Sync {
 		sync = "FULL"
 	}
+	// The database holds only hashes of secrets, but still: owner only.
+	if f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600); err == nil {
+		f.Close()
+	}
 	dsn := fmt.Sprintf("file:%s?_pragma=journal_mode(WAL)&_pragma=synchronous(%s)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(ON)&_txlock=immediate", path, sync)
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
@@ -162,6 +167,23 @@ var migrations = []string{
 	);
 	CREATE INDEX files_source_time ON files(source_uuid, first_ts);
 	CREATE INDEX files_state ON files(state);`,
+	`CREATE TABLE tokens (
+		id          TEXT PRIMARY KEY,
+		name        TEXT NOT NULL,
+		role        TEXT NOT NULL,
+		hash        TEXT NOT NULL,
+		created_at  INTEGER NOT NULL,
+		expires_at  INTEGER NOT NULL DEFAULT 0,
+		revoked_at  INTEGER NOT NULL DEFAULT 0,
+		last_used   INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE TABLE users (
+		name        TEXT PRIMARY KEY,
+		role        TEXT NOT NULL,
+		hash        TEXT NOT NULL,
+		created_at  INTEGER NOT NULL,
+		disabled_at INTEGER NOT NULL DEFAULT 0
+	);`,
 }
 
 func migrate(db *sql.DB) error {

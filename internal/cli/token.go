@@ -1,0 +1,142 @@
+package cli
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tapstream/tapstream/internal/auth"
+	"github.com/tapstream/tapstream/internal/store"
+)
+
+func newTokenCmd(g *globals) *cobra.Command {
+	var data string
+	cmd := &cobra.Command{
+		Use:   "token",
+		Short: "Create, list and revoke API tokens",
+		Long: `API tokens authenticate agents (role agent), and readers of captures and
+the dashboard (viewer, admin). Tokens are stored hashed in DATA/tapstream.db;
+the token itself is shown once, when it is created.`,
+	}
+	cmd.PersistentFlags().StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+
+	var role, name, expires string
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Create a token and print it",
+		Long: `Create a token and print it. The token is the last word of the last line,
+so scripts can take it with: tapstream token create ... | tail -1 | awk '{print $NF}'`,
+		Example: `  tapstream token create --data /var/lib/tapstream --role agent --name web1 --expires 90d`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			r, err := auth.ParseRole(role)
+			if err != nil {
+				return usageError{err}
+			}
+			life, err := auth.ParseExpiry(expires)
+			if err != nil {
+				return usageError{err}
+			}
+			st, err := openStore(data)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			tok, id, hash, err := auth.NewToken()
+			if err != nil {
+				return err
+			}
+			if name == "" {
+				name = string(r) + "-" + id
+			}
+			t := store.Token{ID: id, Name: name, Role: string(r), Hash: hash}
+			exp := "never"
+			if life > 0 {
+				t.ExpiresAt = time.Now().Add(life)
+				exp = t.ExpiresAt.UTC().Format(time.RFC3339)
+			}
+			if err := st.AddToken(cmd.Context(), t); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "created token %s: name %s, role %s, expires %s\n", id, name, r, exp)
+			fmt.Fprintf(g.stdout, "this is the only time the token is shown:\n%s\n", tok)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&role, "role", "agent", "agent, viewer or admin")
+	create.Flags().StringVar(&name, "name", "", "a name to recognise it by")
+	create.Flags().StringVar(&expires, "expires", "", "lifetime, such as 30d or 12h (default: never)")
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List tokens (never the tokens themselves)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := openStore(data)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			toks, err := st.Tokens(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tNAME\tROLE\tCREATED\tEXPIRES\tSTATE\tLAST USED")
+			for _, t := range toks {
+				state := "active"
+				switch {
+				case !t.RevokedAt.IsZero():
+					state = "revoked " + day(t.RevokedAt)
+				case !t.ExpiresAt.IsZero() && time.Now().After(t.ExpiresAt):
+					state = "expired"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Role, day(t.CreatedAt), orNever(t.ExpiresAt), state, orNever(t.LastUsed))
+			}
+			return tw.Flush()
+		},
+	}
+
+	revoke := &cobra.Command{
+		Use:   "revoke ID|NAME",
+		Short: "Revoke a token; agents using it are refused from their next connection",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := openStore(data)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			n, err := st.RevokeToken(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return fmt.Errorf("no active token with id or name %q (see tapstream token list)", args[0])
+			}
+			fmt.Fprintf(g.stdout, "revoked %d token(s)\n", n)
+			return nil
+		},
+	}
+	cmd.AddCommand(create, list, revoke)
+	return cmd
+}
+
+func day(t time.Time) string { return t.UTC().Format("2006-01-02 15:04") }
+
+func orNever(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return day(t)
+}
+
+// openStore opens the state database of a data directory that exists.
+func openStore(data string) (*store.Store, error) {
+	if err := mustBeDir(data); err != nil {
+		return nil, err
+	}
+	return store.Open(data+"/tapstream.db", store.Options{})
+}
