@@ -5,18 +5,14 @@
 package nettest
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/tapstream/tapstream/internal/netns"
 )
 
 // RequireRoot skips t, saying why, unless it can create network namespaces.
@@ -42,64 +38,30 @@ func RequireTool(t testing.TB, names ...string) {
 
 // NS is a network namespace owned by a test.
 type NS struct {
-	Name string
-	t    testing.TB
-}
-
-func randHex(n int) string {
-	b := make([]byte, n)
-	rand.Read(b)
-	return hex.EncodeToString(b)
+	*netns.NS
+	t testing.TB
 }
 
 // NewNS creates a namespace with its loopback up; it is deleted when the
 // test ends, after the processes the test started in it are gone.
 func NewNS(t testing.TB) *NS {
 	t.Helper()
-	ns := &NS{Name: "ts-" + randHex(5), t: t}
-	run(t, "ip", "netns", "add", ns.Name)
-	t.Cleanup(func() {
-		// Best effort: processes in the namespace were started by the
-		// test and are ended by their own cleanups, which run first.
-		exec.Command("ip", "netns", "del", ns.Name).Run()
-	})
-	ns.IP("link", "set", "lo", "up")
-	return ns
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cleanups run last-added first, so processes the test starts later
+	// in the namespace are ended before it is deleted.
+	t.Cleanup(func() { ns.Delete() })
+	return &NS{NS: ns, t: t}
 }
 
 // IP runs `ip -n NS args...` and fails the test on error.
 func (ns *NS) IP(args ...string) {
 	ns.t.Helper()
-	run(ns.t, "ip", append([]string{"-n", ns.Name}, args...)...)
-}
-
-// Command returns a command that runs name inside the namespace.
-func (ns *NS) Command(name string, args ...string) *exec.Cmd {
-	return exec.Command("ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
-}
-
-// Do runs fn on an OS thread that has entered the namespace. Sockets that
-// fn opens stay in the namespace after it returns and may be used from any
-// goroutine. The thread is discarded afterwards.
-func (ns *NS) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread ends with this goroutine, so no other
-		// goroutine ever runs in the test's namespace by accident.
-		runtime.LockOSThread()
-		f, err := os.Open("/var/run/netns/" + ns.Name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns.Name, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
+	if err := ns.NS.IP(args...); err != nil {
+		ns.t.Fatal(err)
+	}
 }
 
 // Link is one end of a veth pair.
@@ -110,46 +72,16 @@ type Link struct {
 }
 
 // Veth joins a and b with a veth pair on 10.<subnet>.0.0/24: a's end gets
-// .1, b's end .2. Interface names are unique per call.
+// .1, b's end .2, with static neighbour entries (with ARP pending, the
+// kernel queues only a few datagrams and drops the rest, which would make
+// packet counts racy). Interface names are unique per call.
 func Veth(t testing.TB, a, b *NS, subnet int) (Link, Link) {
 	t.Helper()
-	id := randHex(3)
-	la := Link{NS: a, Name: "va" + id, Addr: net.IPv4(10, byte(subnet), 0, 1)}
-	lb := Link{NS: b, Name: "vb" + id, Addr: net.IPv4(10, byte(subnet), 0, 2)}
-	a.IP("link", "add", la.Name, "type", "veth", "peer", "name", lb.Name, "netns", b.Name)
-	for _, l := range []Link{la, lb} {
-		l.NS.IP("addr", "add", l.Addr.String()+"/24", "dev", l.Name)
-		l.NS.IP("link", "set", l.Name, "up")
-	}
-	// Static neighbours: with ARP pending, the kernel queues only a few
-	// datagrams and drops the rest, which would make packet counts racy.
-	la.NS.IP("neigh", "replace", lb.Addr.String(), "lladdr", mac(t, lb), "dev", la.Name, "nud", "permanent")
-	lb.NS.IP("neigh", "replace", la.Addr.String(), "lladdr", mac(t, la), "dev", lb.Name, "nud", "permanent")
-	return la, lb
-}
-
-// mac returns the hardware address of l.
-func mac(t testing.TB, l Link) string {
-	t.Helper()
-	out, err := exec.Command("ip", "-n", l.NS.Name, "-br", "link", "show", "dev", l.Name).Output()
+	la, lb, err := netns.Veth(a.NS, b.NS, subnet)
 	if err != nil {
-		t.Fatalf("ip link show %s: %v", l.Name, err)
+		t.Fatal(err)
 	}
-	for _, f := range strings.Fields(string(out)) {
-		if _, err := net.ParseMAC(f); err == nil && strings.Count(f, ":") == 5 {
-			return f
-		}
-	}
-	t.Fatalf("no MAC address for %s in %q", l.Name, out)
-	return ""
-}
-
-func run(t testing.TB, name string, args ...string) {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
+	return Link{NS: a, Name: la.Name, Addr: la.Addr}, Link{NS: b, Name: lb.Name, Addr: lb.Addr}
 }
 
 // UDPSender sends numbered datagrams from inside a namespace.
