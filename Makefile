@@ -7,7 +7,7 @@ PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 FUZZTIME      ?= 30s
 
-.PHONY: all build deps demo test unit e2e lint fuzz proto clean
+.PHONY: all build deps demo test unit e2e lint fuzz proto clean bench bench-quick bench-deps
 
 all: build
 
@@ -52,6 +52,19 @@ fuzz:
 	  echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
 	  $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	done
+
+# Benchmarks against tcpdump, socat and tcpreplay, side by side; writes
+# bench/results.md and bench/loss.png. Needs root.
+bench-deps:
+	./scripts/deps.sh tcpreplay socat gnuplot-nox
+
+bench: bench-deps
+	$(GO) run ./bench -out bench
+
+# A small run that checks the harness works (CI); its numbers are not the
+# targets'. Writes bench/out/results-quick.md.
+bench-quick: bench-deps
+	$(GO) run ./bench -quick -out bench/out
 
 # Regenerate the protocol's Go code (committed) from proto/.
 proto:

@@ -35,6 +35,7 @@ import (
 	"github.com/tapstream/tapstream/internal/capture"
 	"github.com/tapstream/tapstream/internal/source"
 	"github.com/tapstream/tapstream/internal/wire"
+	"github.com/tapstream/tapstream/internal/wirecodec"
 	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
 )
 
@@ -46,6 +47,7 @@ const (
 	DefaultDrainTimeout = 30 * time.Second
 	DefaultMaxBackoff   = 30 * time.Second
 	DefaultSpoolSize    = 1 << 30
+	DefaultSpoolDelay   = 500 * time.Millisecond
 )
 
 // Config configures an agent.
@@ -73,6 +75,10 @@ type Config struct {
 	// UUID); empty keeps batches in memory only.
 	SpoolDir  string
 	SpoolSize int64 // per source
+	// SpoolDelay is how long a batch waits for its ack before it is
+	// written to the spool (0: at once). An agent killed outright loses
+	// the batches younger than this that were not yet acked.
+	SpoolDelay time.Duration
 
 	// Insecure means plaintext without authentication. Otherwise the
 	// agent speaks TLS, trusts the collector by Pin or CAFile, and
@@ -167,6 +173,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SpoolSize == 0 {
 		c.SpoolSize = DefaultSpoolSize
+	}
+	if c.SpoolDelay < 0 {
+		return errors.New("spool delay must not be negative")
 	}
 	if c.SpoolDir != "" && c.SpoolSize < int64(c.BatchSize)*4 {
 		return fmt.Errorf("spool size %d too small: it must hold at least four batches (%d bytes)", c.SpoolSize, c.BatchSize*4)
@@ -331,7 +340,9 @@ func (a *Agent) dial() (*grpc.ClientConn, error) {
 			},
 			MinConnectTimeout: 10 * time.Second,
 		}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(maxBatchSize + 64<<10)),
+		// The codec sends a batch's records without copying them: they
+		// stay untouched until the batch is acked.
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(maxBatchSize+64<<10), grpc.ForceCodecV2(wirecodec.Codec{})),
 		grpc.WithInitialWindowSize(8 << 20),
 		grpc.WithInitialConnWindowSize(32 << 20),
 		grpc.WithWriteBufferSize(256 << 10),

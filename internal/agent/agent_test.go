@@ -355,7 +355,7 @@ func TestQueueSpillsToSpoolAndRestores(t *testing.T) {
 	q := newQueue(4*1024, 1024, sp)
 	ctx, cancel := context.WithCancel(context.Background())
 	spooled := make(chan struct{})
-	go func() { q.spoolLoop(ctx); close(spooled) }()
+	go func() { q.spoolLoop(ctx, 0); close(spooled) }()
 	payload := func(i int) []byte {
 		p := make([]byte, 1000)
 		for j := range p {
@@ -414,35 +414,52 @@ func TestQueueSpillsToSpoolAndRestores(t *testing.T) {
 }
 
 func TestCompressorAuto(t *testing.T) {
-	c, err := newCompressor(CompressAuto)
-	if err != nil {
-		t.Fatal(err)
-	}
 	text := bytes.Repeat([]byte("GET /index.html HTTP/1.1\r\nHost: example\r\n\r\n"), 2000)
-	out, comp := c.compress(text, 0)
-	if comp != pb.Compression_COMPRESSION_ZSTD || len(out) >= len(text)/4 {
-		t.Fatalf("compressible batch: %v, %d of %d bytes", comp, len(out), len(text))
-	}
 	noise := make([]byte, 64<<10)
 	rand.Read(noise)
-	for range 10 {
-		c.compress(noise, 0)
+
+	// A slow link: compressing text saves more time than it costs.
+	slow, _ := newCompressor(CompressAuto)
+	slow.compress(text)
+	slow.sent(time.Second) // one second for the batch: a very slow link
+	var comp pb.Compression
+	for range autoRetry {
+		_, comp = slow.compress(text)
+		slow.sent(time.Second)
 	}
-	if c.on {
+	if comp != pb.Compression_COMPRESSION_ZSTD {
+		t.Fatal("auto does not compress compressible data on a slow link")
+	}
+	// Data that does not shrink turns it off.
+	for range 5 {
+		slow.compress(noise)
+	}
+	if slow.on {
 		t.Fatal("auto keeps compressing data that does not shrink")
 	}
-	if _, comp := c.compress(text, 0); comp != pb.Compression_COMPRESSION_NONE {
-		t.Fatal("auto compressed while paused")
+	if _, comp := slow.compress(text); comp != pb.Compression_COMPRESSION_NONE {
+		t.Fatal("auto compressed while off")
 	}
-	// CPU-bound: compressing takes longer than sending, with a backlog.
-	c2, _ := newCompressor(CompressAuto)
-	c2.sent(time.Nanosecond)
-	c2.compress(text, autoBacklog)
-	if c2.on {
-		t.Fatal("auto keeps compressing while it holds delivery back")
+
+	// A fast link: sending is quicker than compressing, so it stays off.
+	fast, _ := newCompressor(CompressAuto)
+	zstdBatches := 0
+	for range 3 * autoRetry {
+		if _, comp := fast.compress(text); comp == pb.Compression_COMPRESSION_ZSTD {
+			zstdBatches++
+		}
+		fast.sent(time.Nanosecond)
+	}
+	if fast.on || zstdBatches > 3 {
+		t.Fatal("auto compresses where the link is faster than compression")
+	}
+
+	always, _ := newCompressor(CompressZstd)
+	if out, comp := always.compress(text); comp != pb.Compression_COMPRESSION_ZSTD || len(out) >= len(text)/4 {
+		t.Fatalf("--compress zstd: %v, %d of %d bytes", comp, len(out), len(text))
 	}
 	none, _ := newCompressor(CompressNone)
-	if out, comp := none.compress(text, 0); comp != pb.Compression_COMPRESSION_NONE || len(out) != len(text) {
+	if out, comp := none.compress(text); comp != pb.Compression_COMPRESSION_NONE || len(out) != len(text) {
 		t.Fatal("--compress none compressed")
 	}
 }

@@ -18,31 +18,32 @@ const (
 
 // compressor compresses batches for one stream, reusing its encoder and
 // output buffer. In auto mode it compresses only while that pays: the
-// batches shrink by at least autoMinSaving, and compressing a batch takes
-// less time than sending it (when it takes longer with a backlog waiting,
-// the CPU, not the link, is what holds delivery back).
+// batches shrink by at least autoMinSaving, and compressing a byte takes
+// less time than sending the bytes it saves (on a fast link the CPU is the
+// bottleneck and compression only costs; on a slow one it is the link).
 type compressor struct {
 	mode string
 	enc  *zstd.Encoder
-	buf  []byte
+	buf  []byte // the last compressed batch
 
-	on        bool
-	pauseLeft int           // batches to send plain before trying again
-	ratio     float64       // EWMA of compressed/raw
-	encTime   time.Duration // EWMA of time to compress a batch
-	sendTime  time.Duration // EWMA of time to send a batch
+	on       bool
+	plain    int     // batches sent plain since the last trial
+	ratio    float64 // EWMA of compressed/raw
+	encPerB  float64 // EWMA of seconds to compress a raw byte
+	sendPerB float64 // EWMA of seconds to send a wire byte
+	lastWire int     // wire bytes of the batch being sent
+
 	rawBytes  int64
 	wireBytes int64
 }
 
 const (
 	autoMinSaving = 0.15 // compress when batches shrink by at least this much
-	autoPause     = 64   // batches sent plain before auto tries again
-	autoBacklog   = 8    // unsent batches that mean delivery is behind
+	autoRetry     = 64   // batches sent plain between trials
 )
 
 func newCompressor(mode string) (*compressor, error) {
-	c := &compressor{mode: mode, ratio: 0.5}
+	c := &compressor{mode: mode, ratio: 1}
 	switch mode {
 	case CompressNone:
 		return c, nil
@@ -55,48 +56,66 @@ func newCompressor(mode string) (*compressor, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.enc, c.on = enc, true
+	c.enc = enc
+	c.on = mode == CompressZstd
 	return c, nil
 }
 
-// compress returns what to send for records: compressed into the
-// compressor's buffer (valid until the next call), or records itself.
-func (c *compressor) compress(records []byte, backlog int) ([]byte, pb.Compression) {
+// compress returns what to send for records: compressed into a buffer of
+// its own (the transport may still read it after the next call), or
+// records itself.
+func (c *compressor) compress(records []byte) ([]byte, pb.Compression) {
 	c.rawBytes += int64(len(records))
 	if c.enc == nil || len(records) == 0 {
-		c.wireBytes += int64(len(records))
-		return records, pb.Compression_COMPRESSION_NONE
+		return c.plainOut(records)
 	}
-	if !c.on {
-		c.pauseLeft--
-		if c.pauseLeft <= 0 {
-			c.on = true
+	if c.mode == CompressAuto && !c.on {
+		// Try again now and then: the traffic or the link may change.
+		if c.plain++; c.plain < autoRetry {
+			return c.plainOut(records)
 		}
-		c.wireBytes += int64(len(records))
-		return records, pb.Compression_COMPRESSION_NONE
+		c.plain = 0
 	}
 	start := time.Now()
-	c.buf = c.enc.EncodeAll(records, c.buf[:0])
-	took := time.Since(start)
+	c.buf = c.enc.EncodeAll(records, make([]byte, 0, len(records)/2))
+	took := time.Since(start).Seconds()
 	r := float64(len(c.buf)) / float64(len(records))
-	c.ratio = 0.8*c.ratio + 0.2*r
-	c.encTime = (4*c.encTime + took) / 5
+	c.ratio = ewma(c.ratio, r)
+	c.encPerB = ewma(c.encPerB, took/float64(len(records)))
 	if c.mode == CompressAuto {
-		cpuBound := backlog >= autoBacklog && c.encTime > c.sendTime
-		if c.ratio > 1-autoMinSaving || cpuBound {
-			c.on, c.pauseLeft = false, autoPause
-		}
+		saves := c.ratio <= 1-autoMinSaving
+		// Compressing pays when it costs less time than the wire time
+		// of the bytes it saves.
+		worth := c.sendPerB == 0 || c.encPerB < (1-c.ratio)*c.sendPerB
+		c.on = saves && worth
 	}
 	if len(c.buf) >= len(records) {
-		c.wireBytes += int64(len(records))
-		return records, pb.Compression_COMPRESSION_NONE
+		return c.plainOut(records)
 	}
 	c.wireBytes += int64(len(c.buf))
+	c.lastWire = len(c.buf)
 	return c.buf, pb.Compression_COMPRESSION_ZSTD
 }
 
-// sent records how long sending a batch took.
-func (c *compressor) sent(d time.Duration) { c.sendTime = (4*c.sendTime + d) / 5 }
+func (c *compressor) plainOut(records []byte) ([]byte, pb.Compression) {
+	c.wireBytes += int64(len(records))
+	c.lastWire = len(records)
+	return records, pb.Compression_COMPRESSION_NONE
+}
+
+func ewma(old, v float64) float64 {
+	if old == 0 {
+		return v
+	}
+	return 0.8*old + 0.2*v
+}
+
+// sent records how long sending the last batch took.
+func (c *compressor) sent(d time.Duration) {
+	if c.lastWire > 0 {
+		c.sendPerB = ewma(c.sendPerB, d.Seconds()/float64(c.lastWire))
+	}
+}
 
 // savedRatio returns wire bytes / raw bytes so far.
 func (c *compressor) savedRatio() float64 {

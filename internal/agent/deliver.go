@@ -162,7 +162,7 @@ func (r *sourceRun) sendLoop(ctx context.Context, stream pb.Capture_StreamClient
 		if err != nil {
 			return err
 		}
-		payload, comp := r.comp.compress(recs, r.q.backlog())
+		payload, comp := r.comp.compress(recs)
 		bm := &pb.Batch{
 			Seq:            r.q.wireSeq(b),
 			Packets:        uint32(b.packets),

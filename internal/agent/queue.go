@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/tapstream/tapstream/internal/spool"
 )
@@ -18,6 +19,7 @@ type batch struct {
 	interfaceDrops uint64
 	agentDrops     uint64
 
+	closed  time.Time // when capture closed the batch
 	records []byte    // in memory; nil once evicted to the spool only
 	loc     spool.Loc // where the spool holds the records
 	spooled bool      // records are in the spool
@@ -37,9 +39,11 @@ var errQueueDone = errors.New("queue drained")
 // queue holds batches from capture until the collector acks them.
 //
 // Memory is bounded by limit bytes of batch buffers. With a spool, a
-// spooler goroutine writes every batch to disk as it arrives, and when
-// memory runs short the newest batches that are safely on disk leave
-// memory, to be read back when their turn to be sent comes. push never
+// spooler goroutine writes to disk every batch still unacked after the
+// spool delay (at once when memory is half full), and when memory runs
+// short the newest batches that are safely on disk leave memory, to be
+// read back when their turn to be sent comes. While the collector keeps
+// up, batches are acked before the delay and never touch the disk. push never
 // blocks, so the capture loop never waits on the network or the disk; when
 // neither memory nor spool has room, the batch is refused and its packets
 // counted as dropped.
@@ -108,9 +112,14 @@ func (q *queue) buffer() []byte {
 	return make([]byte, 0, q.bufSize)
 }
 
+// maxFreeBuffers bounds the batch buffers kept for reuse. Reusing them
+// spares the capture loop fresh memory, whose first touch costs a page
+// fault per page.
+const maxFreeBuffers = 16
+
 // recycleLocked returns a buffer for reuse; q.mu must be held.
 func (q *queue) recycleLocked(b []byte) {
-	if cap(b) == q.bufSize && len(q.free) < 4 {
+	if cap(b) == q.bufSize && len(q.free) < maxFreeBuffers {
 		q.free = append(q.free, b[:0])
 	}
 }
@@ -167,6 +176,7 @@ func (q *queue) tryPushLocked(b *batch) bool {
 	}
 	b.seq = q.nextSeq
 	q.nextSeq++
+	b.closed = time.Now()
 	q.items = append(q.items, b)
 	q.mem += need
 	q.wakeLocked()
@@ -267,29 +277,54 @@ func (q *queue) ack(wireSeq uint64) (packets int, bytes int64) {
 
 // spoolLoop writes batches to the spool in seq order until ctx ends and
 // every pushed batch has been tried.
-func (q *queue) spoolLoop(ctx context.Context) {
+func (q *queue) spoolLoop(ctx context.Context, delay time.Duration) {
+	var timer *time.Timer
 	for {
 		q.mu.Lock()
 		var b *batch
+		var wait time.Duration
 		if n := len(q.items); n > 0 && q.spoolNext <= q.items[n-1].seq {
 			if q.spoolNext < q.items[0].seq {
 				q.spoolNext = q.items[0].seq // acked before the spooler got to them
 			}
 			b = q.items[q.spoolNext-q.items[0].seq]
-			b.busy = true
+			// A batch goes to disk once it has waited delay for its ack,
+			// at once when memory is half full (so that it can leave
+			// memory), and at once when capture has ended.
+			if age := time.Since(b.closed); age < delay && q.mem <= q.limit/2 && !q.closed {
+				b, wait = nil, delay-age
+			} else {
+				b.busy = true
+			}
 		}
 		if b == nil {
-			done, change := q.closed, q.change
+			done, change := q.closed && wait == 0, q.change
 			q.mu.Unlock()
 			if done {
 				return
 			}
+			var tick <-chan time.Time
+			if wait > 0 {
+				if timer == nil {
+					timer = time.NewTimer(wait)
+				} else {
+					timer.Reset(wait)
+				}
+				tick = timer.C
+			}
 			select {
 			case <-change:
-				continue
+			case <-tick:
 			case <-ctx.Done():
 				return
 			}
+			if timer != nil && !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+			continue
 		}
 		e := spool.Entry{Seq: b.seq, Packets: uint32(b.packets), First: b.first, Last: b.last,
 			KernelDrops: b.kernelDrops, InterfaceDrops: b.interfaceDrops, AgentDrops: b.agentDrops,
@@ -383,13 +418,6 @@ func (q *queue) pending() (batches, packets, memOnly int) {
 		}
 	}
 	return len(q.items), packets, memOnly
-}
-
-// backlog returns the batches not yet handed to the sender.
-func (q *queue) backlog() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.items) - q.sent
 }
 
 // lastAcked returns the highest acked wire seq.

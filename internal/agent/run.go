@@ -144,7 +144,7 @@ func (r *sourceRun) run(ctx context.Context) error {
 	spoolDone := make(chan struct{})
 	if r.sp != nil {
 		go func() {
-			r.q.spoolLoop(deliverCtx)
+			r.q.spoolLoop(deliverCtx, r.a.cfg.SpoolDelay)
 			close(spoolDone)
 		}()
 	} else {

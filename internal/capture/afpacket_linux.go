@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -64,7 +65,8 @@ type afpacket struct {
 	kernelDrops uint64
 	sysStats    bool // /sys/class/net describes this interface (same namespace)
 	ifDropsBase uint64
-	pollfd      [1]unix.PollFd
+	file        *os.File        // fd, registered with Go's network poller
+	raw         syscall.RawConn // of file
 }
 
 func openAFPacket(iface string, c Config) (Source, error) {
@@ -113,7 +115,15 @@ func openAFPacket(iface string, c Config) (Source, error) {
 	if h.sysStats {
 		h.ifDropsBase = readIfDrops(iface)
 	}
-	h.pollfd[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN | unix.POLLERR}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("capture on %s: %w", iface, err)
+	}
+	h.file = os.NewFile(uintptr(fd), "packet:"+iface)
+	if h.raw, err = h.file.SyscallConn(); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("capture on %s: %w", iface, err)
+	}
 	return h, nil
 }
 
@@ -245,24 +255,24 @@ func (h *afpacket) Next(p *Packet, deadline time.Time) error {
 // acquire waits until the current block belongs to user space.
 func (h *afpacket) acquire(deadline time.Time) error {
 	status := h.blockStatus()
-	for atomic.LoadUint32(status)&unix.TP_STATUS_USER == 0 {
-		ms := int((waitFor(deadline) + time.Millisecond - 1) / time.Millisecond)
-		n, err := unix.Poll(h.pollfd[:], ms)
+	if atomic.LoadUint32(status)&unix.TP_STATUS_USER == 0 {
+		// Wait in Go's network poller rather than in a blocking poll(2):
+		// the goroutine parks without holding an OS thread in a system
+		// call, which keeps the scheduler and its monitor quiet.
+		if err := h.file.SetReadDeadline(time.Now().Add(waitFor(deadline))); err != nil {
+			return fmt.Errorf("capture on %s: %w", h.ifaceName, err)
+		}
+		err := h.raw.Read(func(uintptr) bool {
+			return atomic.LoadUint32(status)&unix.TP_STATUS_USER != 0
+		})
 		switch {
-		case err == unix.EINTR:
-			continue
-		case err != nil:
-			return fmt.Errorf("poll %s: %w", h.ifaceName, err)
-		case n == 0:
-			if atomic.LoadUint32(status)&unix.TP_STATUS_USER != 0 {
-				break
-			}
+		case errors.Is(err, os.ErrDeadlineExceeded):
 			return ErrTimeout
-		case h.pollfd[0].Revents&unix.POLLERR != 0:
-			if v, err := unix.GetsockoptInt(h.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 {
-				return fmt.Errorf("capture on %s: %w", h.ifaceName, unix.Errno(v))
+		case err != nil:
+			if v, serr := unix.GetsockoptInt(h.fd, unix.SOL_SOCKET, unix.SO_ERROR); serr == nil && v != 0 {
+				err = unix.Errno(v)
 			}
-			return fmt.Errorf("capture on %s: socket error (was the interface removed?)", h.ifaceName)
+			return fmt.Errorf("capture on %s: %w (was the interface removed?)", h.ifaceName, err)
 		}
 	}
 	base := h.blk * h.blockSize
@@ -308,7 +318,11 @@ func (h *afpacket) Close() error {
 		errs = append(errs, unix.Munmap(h.ring))
 		h.ring = nil
 	}
-	errs = append(errs, unix.Close(h.fd))
+	if h.file != nil {
+		errs = append(errs, h.file.Close())
+	} else {
+		errs = append(errs, unix.Close(h.fd))
+	}
 	h.fd = -1
 	return errors.Join(errs...)
 }

@@ -32,6 +32,7 @@ type agentFlags struct {
 	compress     string
 	spoolDir     string
 	spoolSize    bytesize.Size
+	spoolDelay   time.Duration
 	ringSize     bytesize.Size
 	blockSize    bytesize.Size
 	blockTimeout time.Duration
@@ -111,6 +112,7 @@ dropped, and then they are counted and reported to the collector.`,
 	fl.StringVar(&f.compress, "compress", agent.CompressAuto, "compress batches with zstd: none, zstd, or auto (only while it saves bandwidth and the CPU keeps up)")
 	fl.StringVar(&f.spoolDir, "spool-dir", defaultSpoolDir(), `directory for batches not yet acked, kept across restarts ("none": memory only)`)
 	fl.Var(&f.spoolSize, "spool-size", "disk for batches not yet acked, per source")
+	fl.DurationVar(&f.spoolDelay, "spool-delay", agent.DefaultSpoolDelay, "write a batch to the spool once it has waited this long for its ack (0: at once, the safest and the costliest)")
 	fl.Var(&f.ringSize, "ring-size", "kernel capture buffer per source")
 	fl.Var(&f.blockSize, "block-size", "AF_PACKET ring block size (a power of two)")
 	fl.DurationVar(&f.blockTimeout, "block-timeout", capture.DefaultBlockTimeout, "AF_PACKET: hand over a partly filled block after this long")
@@ -187,6 +189,7 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 		Compress:     f.compress,
 		SpoolDir:     spoolDir(f.spoolDir),
 		SpoolSize:    int64(f.spoolSize),
+		SpoolDelay:   f.spoolDelay,
 		Insecure:     f.insecure,
 		Pin:          f.pin,
 		CAFile:       f.caFile,

@@ -30,6 +30,7 @@ import (
 	"github.com/tapstream/tapstream/internal/source"
 	"github.com/tapstream/tapstream/internal/store"
 	"github.com/tapstream/tapstream/internal/wire"
+	"github.com/tapstream/tapstream/internal/wirecodec"
 	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
 )
 
@@ -203,6 +204,8 @@ func (s *Server) GRPCServer(extra ...grpc.ServerOption) *grpc.Server {
 			Timeout: 10 * time.Second,
 		}),
 		grpc.ConnectionTimeout(handshakeTimeout),
+		// Batch records arrive in a pooled buffer; sessions give it back.
+		grpc.ForceServerCodecV2(wirecodec.Codec{}),
 		grpc.MaxConcurrentStreams(s.cfg.MaxStreamsPerConn),
 	}, extra...)
 	if s.cfg.TLS != nil {

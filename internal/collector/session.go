@@ -19,6 +19,7 @@ import (
 	"github.com/tapstream/tapstream/internal/pcapfile"
 	"github.com/tapstream/tapstream/internal/store"
 	"github.com/tapstream/tapstream/internal/wire"
+	"github.com/tapstream/tapstream/internal/wirecodec"
 	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
 )
 
@@ -103,7 +104,9 @@ func (s *session) run(stream pb.Capture_StreamServer) error {
 		if res.err != nil {
 			return res.err
 		}
-		if err := s.handle(stream, res.m); err != nil {
+		err := s.handle(stream, res.m)
+		wirecodec.Release(res.m.GetBatch())
+		if err != nil {
 			return err
 		}
 	}
@@ -115,7 +118,9 @@ func (s *session) drain(stream pb.Capture_StreamServer, msgs <-chan recvResult) 
 	select {
 	case res := <-msgs:
 		if res.err == nil {
-			if err := s.handle(stream, res.m); err != nil {
+			err := s.handle(stream, res.m)
+			wirecodec.Release(res.m.GetBatch())
+			if err != nil {
 				return err
 			}
 		}
