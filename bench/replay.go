@@ -60,7 +60,7 @@ func benchReplay(c *config, rep *report) error {
 		return err
 	}
 	rep.traces = ts
-	runs := 3
+	runs := 5
 	if c.quick {
 		runs = 1
 	}
@@ -93,20 +93,24 @@ func benchReplay(c *config, rep *report) error {
 			{"tapstream", func(i int) (usage, error) { return agentOnce(c, plain, t, fmt.Sprintf("plain%d-%d", t.size, i)) }},
 			{"tapstream TLS", func(i int) (usage, error) { return agentOnce(c, secure, t, fmt.Sprintf("tls%d-%d", t.size, i)) }},
 		}
-		var base time.Duration
-		for _, tool := range tools {
-			var walls []time.Duration
-			var cpu time.Duration
-			for i := range runs {
+		// Rounds of every tool in turn, so that the machine's slow moments
+		// (page cache writeback, neighbours) fall on all of them alike.
+		walls := make([][]time.Duration, len(tools))
+		cpus := make([]time.Duration, len(tools))
+		for i := range runs {
+			for k, tool := range tools {
 				u, err := tool.once(i)
 				if err != nil {
 					return fmt.Errorf("%s: %w", tool.name, err)
 				}
-				walls = append(walls, u.wall)
-				cpu += u.cpu
+				walls[k] = append(walls[k], u.wall)
+				cpus[k] += u.cpu
 			}
-			row := replayRow{trace: t.label(), size: t.size, tool: tool.name, wall: median(walls),
-				packets: int64(t.packets), bytes: bytes, cpu: cpu / time.Duration(runs)}
+		}
+		var base time.Duration
+		for k, tool := range tools {
+			row := replayRow{trace: t.label(), size: t.size, tool: tool.name, wall: median(walls[k]),
+				packets: int64(t.packets), bytes: bytes, cpu: cpus[k] / time.Duration(runs)}
 			if base == 0 {
 				base = row.wall
 			}
@@ -164,5 +168,8 @@ func agentOnce(c *config, col *collector, t trace, name string) (usage, error) {
 	if got := logInt(u.out, "delivered_packets"); got != int64(t.packets) {
 		return u, fmt.Errorf("agent delivered %d of %d packets:\n%s", got, t.packets, tail(u.out))
 	}
+	// Drop the stored copy, as tcpdump's output is overwritten: gigabytes
+	// of dirty pages left to write back would slow the runs that follow.
+	os.RemoveAll(filepath.Join(col.data, "pcap", name))
 	return u, nil
 }

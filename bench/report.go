@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 )
@@ -78,7 +79,13 @@ func (r *report) evaluate() {
 			r.add(name, fmt.Sprintf("<= tcpdump -w + 0.5 pp (%.2f%%)", x.lossPct()+0.5),
 				fmt.Sprintf("%.2f%%", ts.lossPct()), ts.lossPct() <= x.lossPct()+0.5)
 		case x.stored == x.sent:
-			r.add(name, "0 (tcpdump -w lost none)", fmt.Sprintf("%.2f%% (%d of %d)", ts.lossPct(), ts.sent-ts.stored, ts.sent), ts.stored == ts.sent)
+			got := fmt.Sprintf("%.2f%% (%d of %d)", ts.lossPct(), ts.sent-ts.stored, ts.sent)
+			if ts.achieved < 0.95*float64(x.rate) {
+				// On a small machine tcpreplay shares the CPUs with agent
+				// and collector, and may not reach the rate.
+				got += fmt.Sprintf("; tcpreplay reached %.0f pps beside agent and collector", ts.achieved)
+			}
+			r.add(name, "0 (tcpdump -w lost none)", got, ts.stored == ts.sent)
 		}
 	}
 	// Agent CPU.
@@ -173,7 +180,7 @@ func (r *report) markdown() string {
 	}
 
 	b.WriteString("\n## Replay: a trace streamed through agent and collector on loopback\n\n")
-	b.WriteString("Wall time until the last packet is stored (agent: until its last batch is acked); median of 3 runs.\n\n")
+	b.WriteString("Wall time until the last packet is stored (agent: until its last batch is acked); median of 5 runs, the tools taking turns.\n\n")
 	b.WriteString("| trace | tool | packets/s | MB/s | vs tcpdump -r -w | CPU s |\n|---|---|---:|---:|---:|---:|\n")
 	for _, x := range r.replay {
 		fmt.Fprintf(&b, "| %s | %s | %.0f | %.1f | %.2fx | %.2f |\n", x.trace, x.tool, x.pps(), x.mbps(), x.ratio, x.cpu.Seconds())
@@ -212,22 +219,23 @@ func drawLoss(c *config, r *report, png string) error {
 	abs, _ := filepath.Abs(png)
 	fmt.Fprintf(&script, "set terminal pngcairo size 1100,450 font 'sans,10'\nset output '%s'\n", abs)
 	script.WriteString("set multiplot layout 1,2 title 'Live capture loss, tcpreplay into a veth (tapstream over TLS)'\n")
-	script.WriteString("set xlabel 'offered rate (kpps; last point: top speed, at the rate reached)'\nset ylabel 'loss %'\nset grid\nset key top left\nset yrange [0:*]\n")
+	script.WriteString("set xlabel 'rate tcpreplay reached (kpps)'\nset ylabel 'loss %'\nset grid\nset key top left\nset yrange [0:*]\n")
 	tools := []string{"tapstream TLS", "tcpdump -w", "tcpdump -U | socat"}
 	for _, size := range []int{64, 1500} {
 		fmt.Fprintf(&script, "set title '%d-byte packets'\n", size)
 		var plots []string
 		for i, tool := range tools {
 			data := filepath.Join(c.work, fmt.Sprintf("loss-%d-%d.dat", size, i))
-			var rows strings.Builder
+			var pts [][2]float64
 			for _, x := range r.live {
 				if x.size == size && x.tool == tool {
-					rate := float64(x.rate)
-					if x.rate == 0 {
-						rate = x.achieved
-					}
-					fmt.Fprintf(&rows, "%.1f %.3f\n", rate/1000, x.lossPct())
+					pts = append(pts, [2]float64{x.achieved / 1000, x.lossPct()})
 				}
+			}
+			sort.Slice(pts, func(i, j int) bool { return pts[i][0] < pts[j][0] })
+			var rows strings.Builder
+			for _, p := range pts {
+				fmt.Fprintf(&rows, "%.1f %.3f\n", p[0], p[1])
 			}
 			if rows.Len() == 0 {
 				continue

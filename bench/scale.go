@@ -29,7 +29,10 @@ func (r scaleRow) cpuPerMillion() float64 { return r.cpu.Seconds() / float64(r.p
 
 // benchScale runs 1, 10 and 50 replay agents at once into one collector.
 func benchScale(c *config, rep *report) error {
-	per := 100_000
+	// Every agent replays the same trace, long enough that what a
+	// connection costs once (TLS handshake, catalog entries) does not hide
+	// what each packet costs.
+	per := 200_000
 	if c.quick {
 		per = 20_000
 	}

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -278,6 +279,7 @@ func (a *Agent) closeSources() {
 // goes on for at most DrainTimeout.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.closeSources()
+	a.limitMemory()
 	conn, err := a.dial()
 	if err != nil {
 		return err
@@ -417,4 +419,19 @@ func combineFilters(user, exclude string) string {
 		return "not (" + exclude + ")"
 	}
 	return "(" + user + ") and not (" + exclude + ")"
+}
+
+// memoryHeadroom is what the agent may use beyond its batch buffers.
+const memoryHeadroom = 16 << 20
+
+// limitMemory sets a soft limit on the Go heap: the configured buffers of
+// every source plus headroom, so that the garbage collector works harder
+// before the heap outgrows what the operator asked for. The capture rings
+// are outside the Go heap. GOMEMLIMIT in the environment wins.
+func (a *Agent) limitMemory() {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	limit := int64(len(a.sources))*int64(a.cfg.Buffer) + memoryHeadroom
+	debug.SetMemoryLimit(limit)
 }
