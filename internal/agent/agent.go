@@ -101,7 +101,10 @@ type Config struct {
 	DrainTimeout time.Duration
 
 	Hostname string
-	Logger   *slog.Logger
+	// GPS, when set, is the capture's fixed location, stored with its
+	// files (Kismet's --fixed-gps).
+	GPS    *pb.Gps
+	Logger *slog.Logger
 }
 
 // Validate checks c and fills in defaults.

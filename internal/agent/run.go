@@ -258,6 +258,7 @@ func (r *sourceRun) hello() *pb.Hello {
 		AgentVersion:         version.String(),
 		AgentTimeUnixNano:    time.Now().UnixNano(),
 		Credentials:          r.credentials(),
+		Gps:                  r.a.cfg.GPS,
 	}
 }
 

@@ -2,8 +2,10 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/tapstream/tapstream/internal/bytesize"
 	"github.com/tapstream/tapstream/internal/capture"
 	"github.com/tapstream/tapstream/internal/source"
+	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
 )
 
 type agentFlags struct {
@@ -49,6 +52,7 @@ type agentFlags struct {
 	endpoint     string
 	disableRetry bool
 	drainTimeout time.Duration
+	fixedGPS     string
 }
 
 func newAgentCmd(g *globals) *cobra.Command {
@@ -129,6 +133,7 @@ dropped, and then they are counted and reported to the collector.`,
 	fl.StringVar(&f.keyFile, "key", "", "key of --cert")
 	fl.StringVar(&f.endpoint, "endpoint", "", "path prefix of a proxy in front of the collector, e.g. /tapstream (its --uri-prefix)")
 	fl.BoolVar(&f.disableRetry, "disable-retry", false, "exit non-zero on the first connection failure instead of reconnecting")
+	fl.StringVar(&f.fixedGPS, "fixed-gps", "", "the capture's fixed location, LAT,LON[,ALT] (degrees, metres), stored with its files")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", agent.DefaultDrainTimeout, "how long to wait for the last acks after capture stops")
 	return cmd
 }
@@ -166,7 +171,12 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 		}
 		specs = append(specs, s)
 	}
+	gps, err := parseGPS(f.fixedGPS)
+	if err != nil {
+		return usagef("--fixed-gps: %v", err)
+	}
 	cfg := agent.Config{
+		GPS:     gps,
 		Connect: f.connect,
 		Sources: specs,
 		Capture: capture.Config{
@@ -238,4 +248,27 @@ func spoolDir(flag string) string {
 		return ""
 	}
 	return flag
+}
+
+// parseGPS reads LAT,LON[,ALT].
+func parseGPS(s string) (*pb.Gps, error) {
+	if s == "" {
+		return nil, nil
+	}
+	parts := strings.Split(s, ",")
+	if len(parts) < 2 || len(parts) > 3 {
+		return nil, fmt.Errorf("%q: want LAT,LON or LAT,LON,ALT", s)
+	}
+	var v [3]float64
+	for i, p := range parts {
+		f, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		if err != nil {
+			return nil, fmt.Errorf("%q: %q is not a number", s, p)
+		}
+		v[i] = f
+	}
+	if v[0] < -90 || v[0] > 90 || v[1] < -180 || v[1] > 180 {
+		return nil, fmt.Errorf("%q: latitude must be within ±90 and longitude within ±180", s)
+	}
+	return &pb.Gps{Lat: v[0], Lon: v[1], Alt: v[2], HasAlt: len(parts) == 3}, nil
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -16,6 +17,7 @@ import (
 	"github.com/tapstream/tapstream/internal/auth"
 	"github.com/tapstream/tapstream/internal/bytesize"
 	"github.com/tapstream/tapstream/internal/collector"
+	"github.com/tapstream/tapstream/internal/pcapfile"
 )
 
 type collectorFlags struct {
@@ -32,10 +34,18 @@ type collectorFlags struct {
 	fsync           bool
 	maxMessage      bytesize.Size
 	shutdownTimeout time.Duration
+
+	format        string
+	rotateSize    bytesize.Size
+	rotateTime    time.Duration
+	rotatePackets uint64
+	maxStorage    bytesize.Size
+	maxAge        time.Duration
+	minFree       string
 }
 
 func newCollectorCmd(g *globals) *cobra.Command {
-	f := &collectorFlags{maxMessage: collector.DefaultMaxMessageBytes}
+	f := &collectorFlags{maxMessage: collector.DefaultMaxMessageBytes, rotateSize: collector.DefaultRotateSize}
 	cmd := &cobra.Command{
 		Use:   "collector",
 		Short: "Receive agents' streams and store them as pcap",
@@ -43,9 +53,23 @@ func newCollectorCmd(g *globals) *cobra.Command {
 
   DATA/pcap/<source>/<source>-<UTC time of first packet>.pcap
 
-Files are nanosecond pcap with the source's link type and snaplen, written
-under their final name and closed once, so Arkime's capture --monitor can
-watch DATA/pcap. The collector listens on port %d by default.
+Files are nanosecond pcap with the source's link type and snaplen (or
+pcapng with the agent's host, interface, filter and drop counts, with
+--format pcapng), written under their final name and closed once, when
+complete, so Arkime's capture -R DATA/pcap --monitor --recursive ingests
+each file once. A source's file rotates at --rotate-size, --rotate-time or
+--rotate-packets, between batches, so no packet is split. Every file is
+listed in the catalog (tapstream files) and can be cut by time and filter
+(tapstream extract).
+
+Retention deletes the oldest closed files when they pass --max-age, while
+all files take more than --max-storage, and while the disk has less than
+--min-free free; a file being written is never deleted. When the disk is
+full, or under --min-free with nothing left to delete, the collector stops
+writing and acking and says so; agents keep their packets in their spools,
+and writing resumes when space returns.
+
+The collector listens on port %d by default.
 
 It serves TLS. On first start it creates a CA and a server certificate in
 DATA/tls (or takes yours with --tls-cert/--tls-key) and prints the CA's pin,
@@ -78,6 +102,13 @@ closes every file and prints per-source counters.`, collector.DefaultPort),
 	fl.BoolVar(&f.fsync, "fsync", false, "sync each batch to disk before acking it")
 	fl.Var(&f.maxMessage, "max-message-size", "largest message accepted from an agent")
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", collector.DefaultShutdownTimeout, "how long shutdown waits for streams to finish")
+	fl.StringVar(&f.format, "format", "pcap", "file format: pcap (nanosecond) or pcapng (with capture metadata)")
+	fl.Var(&f.rotateSize, "rotate-size", "start a source's next file when this one would pass this size (0: no limit)")
+	fl.DurationVar(&f.rotateTime, "rotate-time", collector.DefaultRotateTime, "start a source's next file when this one is this old (0: no limit)")
+	fl.Uint64Var(&f.rotatePackets, "rotate-packets", 0, "start a source's next file when this one would pass this many packets (0: no limit)")
+	fl.Var(&f.maxStorage, "max-storage", "delete the oldest closed files while all files take more than this (0: no limit)")
+	fl.DurationVar(&f.maxAge, "max-age", 0, "delete closed files whose last packet is older than this, e.g. 720h (0: keep)")
+	fl.StringVar(&f.minFree, "min-free", "", "keep this much of the disk free, as PERCENT (5%) or SIZE (10GB): delete the oldest closed files, then pause")
 	return cmd
 }
 
@@ -124,7 +155,22 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 			return err
 		}
 	}
+	format, err := pcapfile.ParseFormat(f.format)
+	if err != nil {
+		return usagef("--format: %v", err)
+	}
+	minFree, err := parseMinFree(f.minFree)
+	if err != nil {
+		return usagef("--min-free: %v", err)
+	}
 	srv, err := collector.New(collector.Config{
+		Format:          format,
+		RotateSize:      int64(f.rotateSize),
+		RotateTime:      f.rotateTime,
+		RotatePackets:   f.rotatePackets,
+		MaxStorage:      int64(f.maxStorage),
+		MaxAge:          f.maxAge,
+		MinFree:         minFree,
 		DataDir:         f.data,
 		MaxMessageBytes: int(f.maxMessage),
 		Fsync:           f.fsync,
@@ -142,7 +188,9 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	log.Info("collector listening", "addr", lis.Addr().String(), "data", f.data, "tls", tlsCfg != nil, "uri_prefix", f.uriPrefix)
+	log.Info("collector listening", "addr", lis.Addr().String(), "data", f.data, "tls", tlsCfg != nil, "uri_prefix", f.uriPrefix,
+		"format", format, "rotate_size", f.rotateSize, "rotate_time", f.rotateTime, "max_storage", f.maxStorage,
+		"max_age", f.maxAge, "min_free", minFree)
 	if id != nil {
 		printPin(g.stderr, id, f.data, port)
 	}
@@ -158,6 +206,25 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 	}
 	log.Info("collector stopped")
 	return errors.Join(err, serr)
+}
+
+// parseMinFree reads PERCENT% or SIZE.
+func parseMinFree(s string) (collector.MinFree, error) {
+	if s == "" || s == "0" {
+		return collector.MinFree{}, nil
+	}
+	if p, ok := strings.CutSuffix(s, "%"); ok {
+		v, err := strconv.ParseFloat(p, 64)
+		if err != nil || v < 0 || v >= 100 {
+			return collector.MinFree{}, fmt.Errorf("%q: want a percentage from 0 to 99, or a size such as 10GB", s)
+		}
+		return collector.MinFree{Percent: v}, nil
+	}
+	v, err := bytesize.Parse(s)
+	if err != nil {
+		return collector.MinFree{}, fmt.Errorf("%q: want a percentage such as 5%% or a size such as 10GB", s)
+	}
+	return collector.MinFree{Bytes: int64(v)}, nil
 }
 
 // printPin tells the operator how agents trust this collector.

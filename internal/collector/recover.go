@@ -10,7 +10,6 @@ import (
 
 	"github.com/tapstream/tapstream/internal/pcapfile"
 	"github.com/tapstream/tapstream/internal/store"
-	"github.com/tapstream/tapstream/internal/wire"
 )
 
 // recoverFiles repairs the files an earlier run left open (it crashed or
@@ -53,14 +52,18 @@ func (s *Server) recoverFile(ctx context.Context, f store.File) error {
 		return err
 	}
 	size := st.Size()
+	format := pcapfile.FormatOf(f.Path)
+	hdrLen, err := fileHeaderLen(path)
 	switch {
-	case size < pcapfile.HeaderLen:
-		// Created but its header never written: nothing to keep.
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		// Created but its header never written whole: nothing to keep.
 		s.log.Warn("removing a capture file left without a header by a crash", "file", f.Path)
 		if err := os.Remove(path); err != nil {
 			return err
 		}
 		return s.store.DropFile(ctx, f.ID)
+	case err != nil:
+		return err
 	case size == f.Size:
 		if f.Packets == 0 {
 			s.log.Info("removing an empty capture file left by a crash", "file", f.Path)
@@ -70,16 +73,13 @@ func (s *Server) recoverFile(ctx context.Context, f store.File) error {
 			return s.store.DropFile(ctx, f.ID)
 		}
 		s.log.Info("closed a capture file left open by a crash", "file", f.Path, "packets", f.Packets)
-		return s.store.CloseFile(ctx, f.ID)
+		return s.store.CloseFile(ctx, f.ID, size)
 	case size < f.Size:
 		// Shorter than what was acked: lost to a power failure without
 		// --fsync, or cut behind our back. Keep what is whole.
 		s.log.Error("capture file is shorter than what was stored in it; acked packets are missing (run with --fsync to survive power loss)",
 			"file", f.Path, "size", size, "recorded_size", f.Size)
-		if err := s.cutToWholeRecords(path, pcapfile.HeaderLen, size, f.Snaplen); err != nil {
-			return err
-		}
-		return s.store.CloseFile(ctx, f.ID)
+		return s.rescanFile(ctx, f, path, hdrLen, store.FileClosed)
 	}
 
 	// Bytes past the recorded size: the start of the next batch.
@@ -93,7 +93,7 @@ func (s *Server) recoverFile(ctx context.Context, f store.File) error {
 	if err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
-	n, sum := wire.CompletePrefix(tail, f.Snaplen)
+	n, sum := pcapfile.ScanTail(format, tail, f.Snaplen)
 	if n < len(tail) {
 		// truncate(2) by path: no open, so no close-after-write event.
 		if err := os.Truncate(path, f.Size+int64(n)); err != nil {
@@ -117,19 +117,36 @@ func (s *Server) recoverFile(ctx context.Context, f store.File) error {
 	return s.store.RepairFile(ctx, f, delta, f.SourceUUID, partialSeq, sum.Packets)
 }
 
-// cutToWholeRecords truncates path to its longest run of whole records
-// between from and size.
-func (s *Server) cutToWholeRecords(path string, from, size int64, snaplen int) error {
+// fileHeaderLen reads the length of a capture file's header.
+func fileHeaderLen(path string) (int64, error) {
+	r, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer r.Close()
+	buf := make([]byte, 256<<10)
+	n, err := io.ReadFull(r, buf)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return 0, err
+	}
+	hl, _, err := pcapfile.HeaderSize(buf[:n])
+	return int64(hl), err
+}
+
+// rescanFile reads a file back, cuts a torn end off (with truncate(2), so
+// no close-after-write event), and makes the catalog say what it holds.
+func (s *Server) rescanFile(ctx context.Context, f store.File, path string, hdrLen int64, state store.FileState) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
-	if int64(len(b)) < size {
-		size = int64(len(b))
+	n, sum := pcapfile.ScanTail(pcapfile.FormatOf(path), b[hdrLen:], f.Snaplen)
+	end := hdrLen + int64(n)
+	if end < int64(len(b)) {
+		if err := os.Truncate(path, end); err != nil {
+			return fmt.Errorf("cut off torn record: %w", err)
+		}
+		s.log.Warn("cut a torn record off the end of a capture file", "file", f.Path, "bytes", int64(len(b))-end)
 	}
-	n, _ := wire.CompletePrefix(b[from:size], snaplen)
-	if from+int64(n) < int64(len(b)) {
-		return os.Truncate(path, from+int64(n))
-	}
-	return nil
+	return s.store.SetFileContents(ctx, f.ID, state, end, uint64(sum.Packets), uint64(sum.CapturedBytes), sum.First, sum.Last)
 }

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/tapstream/tapstream/internal/pcapfile"
 	"github.com/tapstream/tapstream/internal/source"
 	"github.com/tapstream/tapstream/internal/store"
 	"github.com/tapstream/tapstream/internal/wire"
@@ -42,6 +43,8 @@ const (
 	DefaultShutdownTimeout = 10 * time.Second
 	// DefaultMaxStreamsPerConn bounds the sources one connection carries.
 	DefaultMaxStreamsPerConn = 64
+	DefaultRotateSize        = 256 << 20
+	DefaultRotateTime        = 15 * time.Minute
 	// handshakeTimeout bounds TLS and HTTP/2 setup of a new connection.
 	handshakeTimeout = 10 * time.Second
 	// maxRecordsPerBatch bounds the records one batch may hold.
@@ -78,6 +81,21 @@ type Config struct {
 	// MaxAuthFailures an address may have in a minute before it is
 	// refused for a minute.
 	MaxAuthFailures int
+
+	// Format of new files.
+	Format pcapfile.Format
+	// Rotation: a source's file is closed and a new one begun before a
+	// batch that would take it past RotateSize bytes or RotatePackets
+	// packets, and once it is RotateTime old. Zero turns a limit off.
+	RotateSize    int64
+	RotateTime    time.Duration
+	RotatePackets uint64
+	// Retention: closed files are deleted, oldest first, when older than
+	// MaxAge, while all files take more than MaxStorage, and while the
+	// disk has less than MinFree free. Zero turns a limit off.
+	MaxStorage int64
+	MaxAge     time.Duration
+	MinFree    MinFree
 }
 
 // Validate checks c and fills in defaults.
@@ -137,6 +155,11 @@ type Server struct {
 
 	shutdown chan struct{} // closed when shutdown begins
 	sessions sync.WaitGroup
+
+	space             gate          // paused while storage is full
+	storagePoke       chan struct{} // asks the storage manager to look now
+	retentionMu       sync.Mutex
+	overStorageLogged bool
 }
 
 // New creates the data directory, opens the state database, repairs the
@@ -163,8 +186,14 @@ func New(cfg Config) (*Server, error) {
 		store:    st,
 		live:     map[uuid.UUID]*session{},
 		shutdown: make(chan struct{}),
+
+		storagePoke: make(chan struct{}, 1),
 	}
 	if err := s.recoverFiles(context.Background()); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if err := s.reconcile(context.Background()); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -237,6 +266,16 @@ func (s *Server) prefixed(_ any, stream grpc.ServerStream) error {
 // closes the files, and returns.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	lis = newLimitListener(lis, s.cfg.MaxConns, s.cfg.MaxConnsPerIP, s.log)
+	storageCtx, stopStorage := context.WithCancel(context.Background())
+	storageDone := make(chan struct{})
+	go func() {
+		defer close(storageDone)
+		s.manageStorage(storageCtx)
+	}()
+	defer func() {
+		stopStorage()
+		<-storageDone
+	}()
 	g := s.GRPCServer()
 	errc := make(chan error, 1)
 	go func() { errc <- g.Serve(lis) }()
@@ -399,6 +438,10 @@ func (s *Server) admit(h *pb.Hello, remote string) (*session, *pb.Refusal) {
 	}
 	// Create the directory now, well before a file in it closes: Arkime's
 	// monitor misses files closed right after their directory appears.
+	var dirCreated time.Time
+	if _, err := os.Stat(dir); err != nil {
+		dirCreated = time.Now()
+	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		s.log.Error("cannot create source directory", "dir", dir, "err", err)
 		return refuse(pb.Refusal_REASON_STORAGE_UNAVAILABLE, "collector cannot create the source's directory")
@@ -429,16 +472,17 @@ func (s *Server) admit(h *pb.Hello, remote string) (*session, *pb.Refusal) {
 		}
 	}
 	sess := &session{
-		srv:       s,
-		id:        uuid.NewString(),
-		uuid:      id,
-		name:      name,
-		captureID: h.CaptureId,
-		remote:    remote,
-		hello:     h,
-		dir:       dir,
-		kicked:    make(chan struct{}),
-		done:      make(chan struct{}),
+		srv:        s,
+		id:         uuid.NewString(),
+		uuid:       id,
+		name:       name,
+		captureID:  h.CaptureId,
+		remote:     remote,
+		hello:      h,
+		dir:        dir,
+		dirCreated: dirCreated,
+		kicked:     make(chan struct{}),
+		done:       make(chan struct{}),
 	}
 	s.live[id] = sess
 	s.sessions.Add(1)
@@ -449,6 +493,9 @@ func (s *Server) admit(h *pb.Hello, remote string) (*session, *pb.Refusal) {
 		s.log.Error("state database", "err", err)
 		s.release(sess)
 		return refuse(pb.Refusal_REASON_STORAGE_UNAVAILABLE, "collector cannot record the source")
+	}
+	if err := s.store.SetSourceState(context.Background(), id.String(), store.SourceStreaming, "from "+remote); err != nil {
+		s.log.Debug("cannot record source state", "err", err)
 	}
 	sess.lastSeq = src.LastSeq
 	sess.partialSeq, sess.partialRecords = src.PartialSeq, src.PartialRecords

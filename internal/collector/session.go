@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 
 	"github.com/tapstream/tapstream/internal/pcapfile"
 	"github.com/tapstream/tapstream/internal/store"
+	"github.com/tapstream/tapstream/internal/version"
 	"github.com/tapstream/tapstream/internal/wire"
 	"github.com/tapstream/tapstream/internal/wirecodec"
 	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
@@ -44,10 +46,14 @@ type session struct {
 	partialSeq     uint64
 	partialRecords int
 
-	w      *pcapfile.Writer
-	fileID int64
-	dec    *zstd.Decoder // created on the first compressed batch
-	decBuf []byte
+	w          *pcapfile.Writer
+	fileID     int64
+	file       fileCounters
+	ageTimer   *time.Timer   // fires at --rotate-time
+	dirCreated time.Time     // when admit created the source's directory
+	paused     bool          // holding a batch while storage is full
+	dec        *zstd.Decoder // created on the first compressed batch
+	decBuf     []byte
 
 	// This session's own counters, for its log line.
 	packets, bytes, batches, duplicates uint64
@@ -55,6 +61,14 @@ type session struct {
 	kickOnce sync.Once
 	kicked   chan struct{} // closed to end the stream for a takeover
 	done     chan struct{} // closed once the session is released
+}
+
+// fileCounters describe the open file, for rotation and pcapng statistics.
+type fileCounters struct {
+	opened      time.Time
+	packets     uint64
+	first, last int64
+	drops       store.Counters // drops reported while the file was open
 }
 
 func (s *session) kick() { s.kickOnce.Do(func() { close(s.kicked) }) }
@@ -97,6 +111,12 @@ func (s *session) run(stream pb.Capture_StreamServer) error {
 			return status.Error(codes.Aborted, "replaced by a newer stream of the same capture")
 		case <-stream.Context().Done():
 			return status.FromContextError(stream.Context().Err()).Err()
+		case <-s.ageC():
+			// No batch for a while: close the aged file so tools get it.
+			if err := s.closeFile(); err != nil {
+				return status.Errorf(codes.Unavailable, "collector could not close a file: %v", err)
+			}
+			continue
 		}
 		if errors.Is(res.err, io.EOF) {
 			return nil
@@ -185,13 +205,17 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 			KernelDrops: b.KernelDrops, InterfaceDrops: b.InterfaceDrops, AgentDrops: b.AgentDrops,
 		},
 	}
+	var written int64
 	if sum.Packets > 0 {
-		if err := s.write(records); err != nil {
+		if written, err = s.write(stream.Context(), b.Seq, records, sum.Packets); err != nil {
+			if _, ok := status.FromError(err); ok {
+				return err
+			}
 			s.log.Error("storing batch failed", "seq", b.Seq, "err", err)
 			return status.Errorf(codes.Unavailable, "collector could not store the batch: %v", err)
 		}
 		commit.FileID = s.fileID
-		commit.File = store.FileDelta{Size: int64(len(records)), Packets: uint64(sum.Packets),
+		commit.File = store.FileDelta{Size: written, Packets: uint64(sum.Packets),
 			Bytes: uint64(sum.CapturedBytes), FirstTS: sum.First, LastTS: sum.Last}
 	}
 	if err := s.srv.store.CommitBatch(stream.Context(), commit); err != nil {
@@ -199,7 +223,7 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 		if sum.Packets > 0 {
 			// Cut the file back: what is past its recorded size must be
 			// at most one batch, the one the agent will send again.
-			if rerr := s.w.Rewind(s.w.Size() - int64(len(records))); rerr != nil {
+			if rerr := s.w.Rewind(s.w.Size() - written); rerr != nil {
 				s.log.Error("cannot cut back the file; closing it", "err", rerr)
 			}
 		}
@@ -207,6 +231,16 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	}
 	s.lastSeq = b.Seq
 	s.partialSeq, s.partialRecords = 0, 0
+	if sum.Packets > 0 {
+		if s.file.packets == 0 {
+			s.file.first = sum.First
+		}
+		s.file.last = sum.Last
+		s.file.packets += uint64(sum.Packets)
+	}
+	s.file.drops.KernelDrops += b.KernelDrops
+	s.file.drops.InterfaceDrops += b.InterfaceDrops
+	s.file.drops.AgentDrops += b.AgentDrops
 	s.packets += uint64(sum.Packets)
 	s.bytes += uint64(sum.CapturedBytes)
 	s.batches++
@@ -261,23 +295,117 @@ func (s *session) ack(stream pb.Capture_StreamServer, seq uint64) error {
 	return stream.Send(&pb.CollectorMessage{Msg: &pb.CollectorMessage_Ack{Ack: &pb.Ack{Seq: seq}}})
 }
 
-// write appends records to the session's file, creating it on first use,
-// and syncs it with --fsync.
-func (s *session) write(records []byte) error {
-	if s.w == nil {
-		first, _, _, _ := firstTimestamp(records)
-		if err := s.create(first); err != nil {
-			return err
+// write appends records to the session's file and returns the bytes
+// written. It rotates first when the file is due, holds the batch (without
+// acking) while storage is paused, and pauses storage when the disk is full.
+func (s *session) write(ctx context.Context, seq uint64, records []byte, packets int) (int64, error) {
+	for {
+		if err := s.waitForSpace(ctx, seq); err != nil {
+			return 0, err
 		}
-		s.log.Info("writing", "file", s.w.Path())
+		if s.w != nil && s.rotateDue(len(records), packets) {
+			if err := s.closeFile(); err != nil {
+				return 0, err
+			}
+		}
+		if s.w == nil {
+			first, _, _, _ := firstTimestamp(records)
+			if err := s.create(first); err != nil {
+				if isNoSpace(err) {
+					s.srv.pauseWrites(err.Error())
+					continue
+				}
+				return 0, err
+			}
+		}
+		n, err := s.w.WriteRecords(records)
+		if err != nil {
+			if isNoSpace(err) {
+				// The writer cut the file back to its last whole batch.
+				s.srv.pauseWrites(err.Error())
+				continue
+			}
+			return 0, err
+		}
+		if s.srv.cfg.Fsync {
+			if err := s.w.Sync(); err != nil {
+				if rerr := s.w.Rewind(s.w.Size() - n); rerr != nil {
+					s.log.Error("cannot cut back the file", "err", rerr)
+				}
+				return 0, err
+			}
+		}
+		return n, nil
 	}
-	if err := s.w.WriteRecords(records); err != nil {
-		return err
+}
+
+// waitForSpace returns at once unless storage is paused; then it holds the
+// stream, unacked, until storage resumes or the stream must end.
+func (s *session) waitForSpace(ctx context.Context, seq uint64) error {
+	for {
+		paused, reason, resumed := s.srv.space.state()
+		if !paused {
+			if s.paused {
+				s.paused = false
+				s.setState(store.SourceStreaming, "")
+				s.log.Info("storage back: writing again", "seq", seq)
+			}
+			return nil
+		}
+		if !s.paused {
+			s.paused = true
+			s.setState(store.SourcePaused, "storage full: "+reason)
+			s.log.Warn("holding batch unacked until storage returns; the agent keeps later packets in its spool", "seq", seq, "reason", reason)
+		}
+		select {
+		case <-resumed:
+		case <-s.srv.shutdown:
+			return status.Error(codes.Unavailable, "collector is shutting down with storage full; reconnect later")
+		case <-s.kicked:
+			return status.Error(codes.Aborted, "replaced by a newer stream of the same capture")
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
 	}
-	if s.srv.cfg.Fsync {
-		return s.w.Sync()
+}
+
+// setState records the source's state; a failure (the database may share
+// the full disk) is only logged.
+func (s *session) setState(state, detail string) {
+	if err := s.srv.store.SetSourceState(context.Background(), s.uuid.String(), state, detail); err != nil {
+		s.log.Debug("cannot record source state", "err", err)
 	}
-	return nil
+}
+
+// rotateDue reports whether the open file must be closed before a batch of
+// n bytes and packets goes in. Batches are never split, so a file may pass
+// a limit by less than one batch.
+func (s *session) rotateDue(n, packets int) bool {
+	c := &s.srv.cfg
+	if s.file.packets == 0 {
+		return false
+	}
+	if c.RotateTime > 0 && time.Since(s.file.opened) >= c.RotateTime {
+		return true
+	}
+	if c.RotatePackets > 0 && s.file.packets+uint64(packets) > c.RotatePackets {
+		return true
+	}
+	// pcapng blocks take up to 19 bytes more per packet than records.
+	grow := int64(n)
+	if s.w.Format() == pcapfile.Pcapng {
+		grow += int64(packets) * 19
+	}
+	return c.RotateSize > 0 && s.w.Size()+grow > c.RotateSize
+}
+
+// ageC returns a channel that fires when the open file reaches
+// --rotate-time, or nil.
+func (s *session) ageC() <-chan time.Time {
+	if s.w == nil || s.ageTimer == nil {
+		return nil
+	}
+	return s.ageTimer.C
 }
 
 // firstTimestamp returns the timestamp of the first record.
@@ -296,14 +424,51 @@ func firstTimestamp(records []byte) (int64, int, int, error) {
 // names sort by time.
 const fileTimeFormat = "20060102T150405.000Z"
 
+// fileOptions describes the source for the file header: pcapng carries it
+// all, pcap only the link type and snaplen.
+func (s *session) fileOptions() pcapfile.Options {
+	h := s.hello
+	ifc := pcapfile.Interface{
+		LinkType:    h.LinkType,
+		Snaplen:     int(h.Snaplen),
+		Name:        h.Interface,
+		Description: h.InterfaceDescription,
+		Filter:      h.Filter,
+		OS:          h.Os,
+		Comments:    []string{"tapstream source " + s.name + " uuid " + s.uuid.String()},
+	}
+	if g := h.Gps; g != nil {
+		c := fmt.Sprintf("gps lat %.7f lon %.7f", g.Lat, g.Lon)
+		if g.HasAlt {
+			c += fmt.Sprintf(" alt %.1f", g.Alt)
+		}
+		ifc.Comments = append(ifc.Comments, c)
+	}
+	if len(h.Addresses) > 0 {
+		ifc.Comments = append(ifc.Comments, "addresses "+strings.Join(h.Addresses, " "))
+	}
+	return pcapfile.Options{
+		Format: s.srv.cfg.Format,
+		Section: pcapfile.Section{
+			Hardware:    h.Hostname + " (" + h.Arch + ")",
+			OS:          h.Os + "/" + h.Arch,
+			Application: "tapstream agent " + h.AgentVersion + ", collector " + version.String(),
+			Comments:    []string{"captured on host " + h.Hostname + " by tapstream agent " + h.AgentVersion},
+		},
+		Interfaces: []pcapfile.Interface{ifc},
+	}
+}
+
 // create catalogs and opens a new file named for first, moving on by a
 // millisecond while the name is taken. The catalog entry comes first, so
 // recovery finds every file that may exist.
 func (s *session) create(first int64) error {
 	ctx := context.Background()
+	o := s.fileOptions()
+	hdrLen := int64(len(pcapfile.FileHeader(o)))
 	t := time.Unix(0, first).UTC()
 	for range 1000 {
-		name := s.name + "-" + t.Format(fileTimeFormat) + ".pcap"
+		name := s.name + "-" + t.Format(fileTimeFormat) + o.Format.Ext()
 		path := filepath.Join(s.dir, name)
 		rel, _ := filepath.Rel(s.srv.cfg.DataDir, path)
 		t = t.Add(time.Millisecond)
@@ -311,11 +476,14 @@ func (s *session) create(first int64) error {
 			continue
 		}
 		id, err := s.srv.store.NewFile(ctx, store.File{SourceUUID: s.uuid.String(), Path: rel,
-			LinkType: s.hello.LinkType, Snaplen: int(s.hello.Snaplen), Size: pcapfile.HeaderLen})
+			LinkType: s.hello.LinkType, Snaplen: int(s.hello.Snaplen), Size: hdrLen})
 		if err != nil {
-			continue // a name the catalog already has
+			if taken, _ := s.srv.store.HasPath(ctx, rel); taken {
+				continue // a name the catalog already has
+			}
+			return err
 		}
-		w, err := pcapfile.Create(path, s.hello.LinkType, int(s.hello.Snaplen))
+		w, err := pcapfile.Create(path, o)
 		if err != nil {
 			s.srv.store.DropFile(ctx, id)
 			if errors.Is(err, os.ErrExist) {
@@ -324,12 +492,63 @@ func (s *session) create(first int64) error {
 			return fmt.Errorf("create capture file: %w", err)
 		}
 		s.w, s.fileID = w, id
+		s.file = fileCounters{opened: time.Now(), drops: s.file.drops}
+		if s.srv.cfg.RotateTime > 0 {
+			if s.ageTimer == nil {
+				s.ageTimer = time.NewTimer(s.srv.cfg.RotateTime)
+			} else {
+				s.ageTimer.Reset(s.srv.cfg.RotateTime)
+			}
+		}
+		s.log.Info("writing", "file", rel)
 		return nil
 	}
 	return fmt.Errorf("create capture file in %s: every name is taken", s.dir)
 }
 
-// close closes the session's file, if any, and marks it closed.
+// closeFile closes the open file once, complete: a pcapng file gets the
+// interface's statistics first. The catalog then marks it closed.
+func (s *session) closeFile() error {
+	if s.w == nil {
+		return nil
+	}
+	if s.ageTimer != nil {
+		s.ageTimer.Stop()
+	}
+	// Arkime's monitor watches a new directory only after it notices it;
+	// a file closed in the directory's first second could go unseen.
+	if d := time.Until(s.dirCreated.Add(time.Second)); d > 0 {
+		time.Sleep(d)
+	}
+	f := &s.file
+	if s.w.Format() == pcapfile.Pcapng {
+		st := pcapfile.Stats{
+			Timestamp:      time.Now().UnixNano(),
+			Start:          f.first,
+			End:            f.last,
+			Received:       f.packets + f.drops.KernelDrops,
+			InterfaceDrops: f.drops.InterfaceDrops,
+			KernelDrops:    f.drops.KernelDrops,
+			Delivered:      f.packets,
+		}
+		if f.drops.AgentDrops > 0 {
+			st.Comment = fmt.Sprintf("tapstream agent dropped %d packets (buffer and spool full)", f.drops.AgentDrops)
+		}
+		if err := s.w.WriteStats(0, st); err != nil {
+			s.log.Warn("cannot write the statistics block; the file is complete without it", "err", err)
+		}
+	}
+	errs := []error{s.w.Close()}
+	errs = append(errs, s.srv.store.CloseFile(context.Background(), s.fileID, s.w.Size()))
+	rel, _ := filepath.Rel(s.srv.cfg.DataDir, s.w.Path())
+	s.log.Info("closed file", "file", rel, "bytes", s.w.Size(), "packets", f.packets)
+	s.w = nil
+	s.file = fileCounters{}
+	s.srv.pokeStorage()
+	return errors.Join(errs...)
+}
+
+// close ends the session: it closes its file, if any.
 func (s *session) close() error {
 	if s.dec != nil {
 		s.dec.Close()
@@ -338,13 +557,8 @@ func (s *session) close() error {
 	if s.duplicates > 0 {
 		errs = append(errs, s.srv.store.AddDuplicates(context.Background(), s.uuid.String(), s.duplicates))
 	}
-	if s.w == nil {
-		return errors.Join(errs...)
-	}
-	errs = append(errs, s.w.Close())
-	errs = append(errs, s.srv.store.CloseFile(context.Background(), s.fileID))
-	s.log.Info("closed file", "file", s.w.Path(), "bytes", s.w.Size())
-	s.w = nil
+	errs = append(errs, s.closeFile())
+	s.setState(store.SourceDisconnected, "")
 	return errors.Join(errs...)
 }
 

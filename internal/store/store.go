@@ -43,6 +43,9 @@ type Source struct {
 	PartialRecords int
 	Counters
 	FirstSeen, LastSeen time.Time
+	// State is what the collector is doing with the source: streaming,
+	// paused (storage full, not acking), or disconnected.
+	State, StateDetail string
 }
 
 // Counters are a source's running totals.
@@ -82,6 +85,7 @@ type File struct {
 	LastTS     int64
 	CreatedAt  time.Time
 	ClosedAt   time.Time
+	DeletedAt  time.Time
 }
 
 // Store is the state database.
@@ -184,6 +188,9 @@ var migrations = []string{
 		created_at  INTEGER NOT NULL,
 		disabled_at INTEGER NOT NULL DEFAULT 0
 	);`,
+	`ALTER TABLE files ADD COLUMN deleted_at INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE sources ADD COLUMN state TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sources ADD COLUMN state_detail TEXT NOT NULL DEFAULT '';`,
 }
 
 func migrate(db *sql.DB) error {
@@ -222,10 +229,10 @@ func (s *Store) GetSource(ctx context.Context, uuid string) (Source, error) {
 	var src Source
 	var first, last int64
 	err := s.db.QueryRowContext(ctx, `SELECT uuid, name, hostname, capture_id, last_seq, partial_seq, partial_records,
-		packets, bytes, batches, duplicates, kernel_drops, interface_drops, agent_drops, first_seen, last_seen
+		packets, bytes, batches, duplicates, kernel_drops, interface_drops, agent_drops, first_seen, last_seen, state, state_detail
 		FROM sources WHERE uuid = ?`, uuid).Scan(&src.UUID, &src.Name, &src.Hostname, &src.CaptureID, &src.LastSeq,
 		&src.PartialSeq, &src.PartialRecords, &src.Packets, &src.Bytes, &src.Batches, &src.Duplicates,
-		&src.KernelDrops, &src.InterfaceDrops, &src.AgentDrops, &first, &last)
+		&src.KernelDrops, &src.InterfaceDrops, &src.AgentDrops, &first, &last, &src.State, &src.StateDetail)
 	if errors.Is(err, sql.ErrNoRows) {
 		return src, ErrNotFound
 	}
@@ -297,9 +304,9 @@ func (s *Store) DropFile(ctx context.Context, id int64) error {
 	return err
 }
 
-// CloseFile marks a file closed.
-func (s *Store) CloseFile(ctx context.Context, id int64) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE files SET state = ?, closed_at = ? WHERE id = ?`, FileClosed, time.Now().UnixNano(), id)
+// CloseFile marks a file closed at its final size.
+func (s *Store) CloseFile(ctx context.Context, id, size int64) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE files SET state = ?, closed_at = ?, size = ? WHERE id = ?`, FileClosed, time.Now().UnixNano(), size, id)
 	if err != nil {
 		return fmt.Errorf("catalog: close file %d: %w", id, err)
 	}
@@ -315,7 +322,7 @@ func (s *Store) SetFileState(ctx context.Context, id int64, st FileState) error 
 // Files returns catalog entries in the given states (all when none),
 // ordered by source and first timestamp.
 func (s *Store) Files(ctx context.Context, states ...FileState) ([]File, error) {
-	q := `SELECT id, source_uuid, path, state, link_type, snaplen, size, packets, bytes, first_ts, last_ts, created_at, closed_at FROM files`
+	q := `SELECT id, source_uuid, path, state, link_type, snaplen, size, packets, bytes, first_ts, last_ts, created_at, closed_at, deleted_at FROM files`
 	var args []any
 	if len(states) > 0 {
 		q += ` WHERE state IN (?` + repeat(",?", len(states)-1) + `)`
@@ -332,14 +339,17 @@ func (s *Store) Files(ctx context.Context, states ...FileState) ([]File, error) 
 	var out []File
 	for rows.Next() {
 		var f File
-		var created, closed int64
+		var created, closed, deleted int64
 		if err := rows.Scan(&f.ID, &f.SourceUUID, &f.Path, &f.State, &f.LinkType, &f.Snaplen, &f.Size, &f.Packets,
-			&f.Bytes, &f.FirstTS, &f.LastTS, &created, &closed); err != nil {
+			&f.Bytes, &f.FirstTS, &f.LastTS, &created, &closed, &deleted); err != nil {
 			return nil, err
 		}
 		f.CreatedAt = time.Unix(0, created)
 		if closed != 0 {
 			f.ClosedAt = time.Unix(0, closed)
+		}
+		if deleted != 0 {
+			f.DeletedAt = time.Unix(0, deleted)
 		}
 		out = append(out, f)
 	}

@@ -1,0 +1,113 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+
+	"github.com/tapstream/tapstream/internal/store"
+)
+
+// captureName matches the files the catalog may hold, as Arkime's monitor
+// matches them (plus pcapng).
+var captureName = regexp.MustCompile(`(?i)\.(pcap|cap|pcapng)$`)
+
+// reconcile makes the catalog agree with the disk at start-up: it finishes
+// deletions a crash cut short, marks files removed behind the collector's
+// back as missing, reads back files that changed size, and adopts capture
+// files found in a known source's directory that the catalog lacks. Files
+// it cannot place are left alone and reported.
+func (s *Server) reconcile(ctx context.Context) error {
+	files, err := s.store.Files(ctx)
+	if err != nil {
+		return err
+	}
+	known := make(map[string]bool, len(files))
+	var missing, changed, adopted int
+	for _, f := range files {
+		known[f.Path] = true
+		path := filepath.Join(s.cfg.DataDir, f.Path)
+		st, err := os.Stat(path)
+		switch {
+		case f.State == store.FileDeleted:
+			if err == nil {
+				if err := os.Remove(path); err != nil {
+					return err
+				}
+				s.log.Info("finished deleting a file retention had begun to delete", "file", f.Path)
+			}
+		case errors.Is(err, fs.ErrNotExist):
+			if f.State != store.FileMissing {
+				s.log.Error("capture file is gone: it was removed behind the collector's back; marked missing in the catalog",
+					"file", f.Path, "packets", f.Packets)
+				if err := s.store.SetFileState(ctx, f.ID, store.FileMissing); err != nil {
+					return err
+				}
+				missing++
+			}
+		case err != nil:
+			return err
+		case f.State == store.FileMissing || st.Size() != f.Size:
+			hdrLen, err := fileHeaderLen(path)
+			if err != nil {
+				s.log.Error("capture file changed behind the collector's back and is no longer readable; left alone",
+					"file", f.Path, "err", err)
+				continue
+			}
+			s.log.Error("capture file changed size behind the collector's back; the catalog now says what it holds",
+				"file", f.Path, "size", st.Size(), "recorded_size", f.Size, "recorded_packets", f.Packets)
+			if err := s.rescanFile(ctx, f, path, hdrLen, store.FileClosed); err != nil {
+				return err
+			}
+			changed++
+		}
+	}
+
+	sources, err := s.store.Sources(ctx)
+	if err != nil {
+		return err
+	}
+	byName := map[string]string{}
+	for _, src := range sources {
+		byName[src.Name] = src.UUID
+	}
+	err = filepath.WalkDir(s.pcapDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() || !captureName.MatchString(d.Name()) {
+			return err
+		}
+		rel, _ := filepath.Rel(s.cfg.DataDir, path)
+		if known[rel] {
+			return nil
+		}
+		uuid, ok := byName[filepath.Base(filepath.Dir(path))]
+		if !ok {
+			s.log.Warn("capture file in the data directory is not in the catalog and not in a known source's directory; left alone", "file", rel)
+			return nil
+		}
+		hdrLen, err := fileHeaderLen(path)
+		if err != nil {
+			s.log.Warn("capture file not in the catalog is unreadable; left alone", "file", rel, "err", err)
+			return nil
+		}
+		id, err := s.store.NewFile(ctx, store.File{SourceUUID: uuid, Path: rel, Size: hdrLen})
+		if err != nil {
+			return err
+		}
+		if err := s.rescanFile(ctx, store.File{ID: id, Path: rel}, path, hdrLen, store.FileClosed); err != nil {
+			return err
+		}
+		s.log.Warn("capture file was not in the catalog; added it", "file", rel)
+		adopted++
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if missing+changed+adopted > 0 {
+		s.log.Warn("catalog reconciled with the disk", "missing", missing, "changed", changed, "adopted", adopted)
+	}
+	return nil
+}
