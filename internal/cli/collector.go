@@ -62,7 +62,7 @@ each file once. A source's file rotates at --rotate-size, --rotate-time or
 listed in the catalog (tapstream files) and can be cut by time and filter
 (tapstream extract).
 
-Retention deletes the oldest closed files when they pass --max-age, while
+Retention deletes closed files once they are older than --max-age, while
 all files take more than --max-storage, and while the disk has less than
 --min-free free; a file being written is never deleted. When the disk is
 full, or under --min-free with nothing left to delete, the collector stops
@@ -107,7 +107,7 @@ closes every file and prints per-source counters.`, collector.DefaultPort),
 	fl.DurationVar(&f.rotateTime, "rotate-time", collector.DefaultRotateTime, "start a source's next file when this one is this old (0: no limit)")
 	fl.Uint64Var(&f.rotatePackets, "rotate-packets", 0, "start a source's next file when this one would pass this many packets (0: no limit)")
 	fl.Var(&f.maxStorage, "max-storage", "delete the oldest closed files while all files take more than this (0: no limit)")
-	fl.DurationVar(&f.maxAge, "max-age", 0, "delete closed files whose last packet is older than this, e.g. 720h (0: keep)")
+	fl.DurationVar(&f.maxAge, "max-age", 0, "delete files closed longer ago than this, e.g. 720h (0: keep)")
 	fl.StringVar(&f.minFree, "min-free", "", "keep this much of the disk free, as PERCENT (5%) or SIZE (10GB): delete the oldest closed files, then pause")
 	return cmd
 }

@@ -100,6 +100,9 @@ flag's name in capitals with '_' for '-', such as TAPSTREAM_CONNECT.`,
 		newTokenCmd(g),
 		newUserCmd(g),
 		newPinCmd(g),
+		newFilesCmd(g),
+		newSourcesCmd(g),
+		newExtractCmd(g),
 	)
 	root.CompletionOptions.HiddenDefaultCmd = true
 

@@ -126,7 +126,7 @@ func (s *Server) pokeStorage() {
 	}
 }
 
-// checkStorage deletes closed files past --max-age, then the oldest closed
+// checkStorage deletes files closed longer than --max-age ago, then the oldest closed
 // files while the store is over --max-storage or the disk under
 // --min-free; it pauses writing when the disk stays under --min-free with
 // nothing left to delete, and resumes it once space is back.
@@ -162,22 +162,17 @@ func (s *Server) checkStorage(ctx context.Context) error {
 		return nil
 	}
 	if s.cfg.MaxAge > 0 {
-		for next < len(closed) {
-			f := closed[next]
-			last := time.Unix(0, f.LastTS)
-			if f.LastTS == 0 {
-				last = f.ClosedAt
+		kept := closed[:0]
+		for _, f := range closed {
+			if !f.ClosedAt.IsZero() && now.Sub(f.ClosedAt) > s.cfg.MaxAge {
+				if err := remove(f, fmt.Sprintf("closed more than --max-age %v ago", s.cfg.MaxAge)); err != nil {
+					return err
+				}
+				continue
 			}
-			if now.Sub(last) <= s.cfg.MaxAge {
-				break
-			}
-			// Sorted by first packet, so a later file may be older by its
-			// last; the next pass finds it.
-			if err := remove(f, fmt.Sprintf("older than --max-age %v", s.cfg.MaxAge)); err != nil {
-				return err
-			}
-			next++
+			kept = append(kept, f)
 		}
+		closed = kept
 	}
 	if s.cfg.MaxStorage > 0 {
 		for used > s.cfg.MaxStorage && next < len(closed) {

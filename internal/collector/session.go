@@ -435,18 +435,19 @@ func (s *session) fileOptions() pcapfile.Options {
 		Description: h.InterfaceDescription,
 		Filter:      h.Filter,
 		OS:          h.Os,
-		Comments:    []string{"tapstream source " + s.name + " uuid " + s.uuid.String()},
 	}
+	// One comment, since tools often show only the first.
+	c := "tapstream source " + s.name + " uuid " + s.uuid.String()
 	if g := h.Gps; g != nil {
-		c := fmt.Sprintf("gps lat %.7f lon %.7f", g.Lat, g.Lon)
+		c += fmt.Sprintf("; gps %.7f,%.7f", g.Lat, g.Lon)
 		if g.HasAlt {
-			c += fmt.Sprintf(" alt %.1f", g.Alt)
+			c += fmt.Sprintf(",%.1f", g.Alt)
 		}
-		ifc.Comments = append(ifc.Comments, c)
 	}
 	if len(h.Addresses) > 0 {
-		ifc.Comments = append(ifc.Comments, "addresses "+strings.Join(h.Addresses, " "))
+		c += "; addresses " + strings.Join(h.Addresses, " ")
 	}
+	ifc.Comments = []string{c}
 	return pcapfile.Options{
 		Format: s.srv.cfg.Format,
 		Section: pcapfile.Section{

@@ -109,7 +109,12 @@ type Reader struct {
 	units      []int64     // pcapng: per interface, ticks per second
 	buf        []byte
 	pkt        Packet
+	stats      []Stats
 }
+
+// Stats returns the interface statistics blocks read so far, with the
+// interface each describes in Stats.Interface.
+func (r *Reader) Stats() []Stats { return r.stats }
 
 // Open opens a capture file and reads at most limit bytes of it (all of it
 // when limit <= 0), so that a file still being written is read only as far
@@ -311,6 +316,30 @@ func (r *Reader) ngBlock() (uint32, error) {
 		r.pkt = Packet{Timestamp: ticksToNanos(ticks, r.units[id]), OrigLen: int(le.Uint32(body[16:])),
 			Data: body[20 : 20+caplen], Interface: id}
 		return typ, errPacket
+	case blockISB:
+		if len(body) < 12 {
+			return 0, fmt.Errorf("%w: short statistics block", ErrBadFile)
+		}
+		st := Stats{Interface: int(le.Uint32(body)), Timestamp: int64(le.Uint32(body[4:]))<<32 | int64(le.Uint32(body[8:]))}
+		walkOptions(body[12:], func(code uint16, v []byte) {
+			var n uint64
+			if len(v) == 8 {
+				n = le.Uint64(v)
+			}
+			switch code {
+			case optComment:
+				st.Comment = string(v)
+			case isbIfRecv:
+				st.Received = n
+			case isbIfDrop:
+				st.InterfaceDrops = n
+			case isbOSDrop:
+				st.KernelDrops = n
+			case isbUsrDeliv:
+				st.Delivered = n
+			}
+		})
+		r.stats = append(r.stats, st)
 	case blockSPB:
 		if len(body) < 4 || len(r.interfaces) == 0 {
 			return 0, fmt.Errorf("%w: simple packet block without an interface", ErrBadFile)

@@ -144,6 +144,9 @@ func TestPcapngRoundTrip(t *testing.T) {
 		p.Data = bytes.Clone(p.Data)
 		got = append(got, p)
 	}
+	if st := r.Stats(); len(st) != 1 || st[0].InterfaceDrops != 7 || st[0].Received != 2 {
+		t.Fatalf("statistics read back: %+v", st)
+	}
 	ifc := r.Interfaces()
 	if len(ifc) != 1 || ifc[0].Name != "eth0" || ifc[0].Filter != "udp port 53" || ifc[0].Snaplen != 9000 || ifc[0].Comments[0] != "source uuid 1234" {
 		t.Fatalf("interfaces read back: %+v", ifc)

@@ -1,0 +1,180 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tapstream/tapstream/internal/bytesize"
+	"github.com/tapstream/tapstream/internal/store"
+)
+
+// openCatalog opens the state database of an existing data directory.
+func openCatalog(data string) (*store.Store, error) {
+	path := filepath.Join(data, "tapstream.db")
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, usagef("no catalog at %s: is %s the collector's --data directory?", path, data)
+	}
+	return store.Open(path, store.Options{})
+}
+
+// selectSources resolves --source names or UUIDs; none selects every
+// source.
+func selectSources(ctx context.Context, st *store.Store, want []string) (map[string]store.Source, error) {
+	all, err := st.Sources(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]store.Source{}
+	for _, w := range want {
+		found := false
+		for _, s := range all {
+			if s.Name == w || s.UUID == w {
+				out[s.UUID], found = s, true
+			}
+		}
+		if !found {
+			names := make([]string, 0, len(all))
+			for _, s := range all {
+				names = append(names, s.Name)
+			}
+			return nil, usagef("no source %q in the catalog (sources: %s)", w, strings.Join(names, ", "))
+		}
+	}
+	if len(want) == 0 {
+		for _, s := range all {
+			out[s.UUID] = s
+		}
+	}
+	return out, nil
+}
+
+// overlaps reports whether f holds packets in [from, to].
+func overlaps(f store.File, from, to int64) bool {
+	return f.Packets > 0 && f.FirstTS <= to && f.LastTS >= from
+}
+
+func fmtTime(ns int64) string {
+	if ns == 0 {
+		return "-"
+	}
+	return time.Unix(0, ns).UTC().Format("2006-01-02T15:04:05.000Z")
+}
+
+func newFilesCmd(g *globals) *cobra.Command {
+	var data, from, to string
+	var sources []string
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "files",
+		Short: "List the capture files in the catalog",
+		Long: `List the capture files the collector recorded in its catalog
+(DATA/tapstream.db): source, state, first and last packet time (UTC),
+packets, size and path. States: open (being written), closed (complete),
+missing (removed behind the collector's back) and deleted (by retention;
+shown with --all).`,
+		Example: `  tapstream files --data /var/lib/tapstream
+  tapstream files --data /var/lib/tapstream --source web1-eth0 --from -1h`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			lo, hi, err := timeRange(from, to)
+			if err != nil {
+				return err
+			}
+			st, err := openCatalog(data)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			srcs, err := selectSources(cmd.Context(), st, sources)
+			if err != nil {
+				return err
+			}
+			files, err := st.Files(cmd.Context())
+			if err != nil {
+				return err
+			}
+			slices.SortStableFunc(files, func(a, b store.File) int {
+				if c := strings.Compare(srcs[a.SourceUUID].Name, srcs[b.SourceUUID].Name); c != 0 {
+					return c
+				}
+				return int(a.ID - b.ID)
+			})
+			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SOURCE\tSTATE\tFIRST PACKET\tLAST PACKET\tPACKETS\tSIZE\tPATH")
+			var n int
+			var packets uint64
+			var size int64
+			for _, f := range files {
+				src, ok := srcs[f.SourceUUID]
+				if !ok || (!all && f.State == store.FileDeleted) {
+					continue
+				}
+				if (from != "" || to != "") && !overlaps(f, lo, hi) {
+					continue
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", src.Name, f.State, fmtTime(f.FirstTS), fmtTime(f.LastTS),
+					f.Packets, bytesize.Size(f.Size), f.Path)
+				n++
+				packets += f.Packets
+				size += f.Size
+			}
+			tw.Flush()
+			fmt.Fprintf(g.stderr, "%d files, %d packets, %s\n", n, packets, bytesize.Size(size))
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+	fl.StringArrayVar(&sources, "source", nil, "only this source, by name or UUID (repeatable)")
+	fl.StringVar(&from, "from", "", "only files with packets at or after this time (RFC 3339, -15m, ...)")
+	fl.StringVar(&to, "to", "", "only files with packets at or before this time")
+	fl.BoolVar(&all, "all", false, "include files deleted by retention")
+	return cmd
+}
+
+func newSourcesCmd(g *globals) *cobra.Command {
+	var data string
+	cmd := &cobra.Command{
+		Use:   "sources",
+		Short: "List the sources the collector knows, with their state and counters",
+		Long: `List every source the collector has stored: its state (streaming,
+paused while storage is full, disconnected), when it was last seen, and
+its totals of packets stored and packets lost (kernel, interface, agent).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := openCatalog(data)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			srcs, err := st.Sources(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SOURCE\tHOST\tSTATE\tLAST SEEN\tPACKETS\tBYTES\tKERNEL DROPS\tIF DROPS\tAGENT DROPS\tUUID")
+			for _, s := range srcs {
+				state := s.State
+				if s.StateDetail != "" {
+					state += " (" + s.StateDetail + ")"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\n", s.Name, s.Hostname, state,
+					s.LastSeen.UTC().Format(time.RFC3339), s.Packets, bytesize.Size(s.Bytes),
+					s.KernelDrops, s.InterfaceDrops, s.AgentDrops, s.UUID)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+	return cmd
+}
