@@ -146,6 +146,16 @@ func (p *proc) waitExit(timeout time.Duration) (code int, exited bool) {
 	}
 }
 
+// exited reports, without waiting, whether the process has exited.
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
 func (p *proc) signal(sig os.Signal) {
 	p.t.Helper()
 	if err := p.cmd.Process.Signal(sig); err != nil {

@@ -39,8 +39,9 @@ func (m MinFree) String() string {
 }
 
 // resumeMargin is the free space, above --min-free, that must return
-// before a paused collector writes again, so it does not flap.
-const resumeMargin = 8 << 20
+// before a paused collector writes again, so it does not flap: 8 MiB, or
+// a twentieth of a smaller file system.
+func resumeMargin(total int64) int64 { return min(8<<20, total/20) }
 
 // storageInterval is how often the storage manager looks at the disk.
 const storageInterval = 2 * time.Second
@@ -210,13 +211,13 @@ func (s *Server) checkStorage(ctx context.Context) error {
 	case need > 0 && free < need && !paused:
 		s.pauseWrites(fmt.Sprintf("free space %v is below --min-free %v and no closed file is left to delete",
 			bytesize.Size(free), s.cfg.MinFree))
-	case paused && free >= need+resumeMargin:
+	case paused && free >= need+resumeMargin(total):
 		if ok, d := s.space.resume(); ok {
 			s.log.Warn("STORAGE AVAILABLE AGAIN: writing and acking resume", "free", bytesize.Size(free), "paused_for", d.Round(time.Second))
 		}
 	case paused:
 		s.log.Error("STORAGE FULL: still not writing or acking; agents keep their packets in their spools until space is freed",
-			"reason", reason, "free", bytesize.Size(free), "need", bytesize.Size(need+resumeMargin))
+			"reason", reason, "free", bytesize.Size(free), "need", bytesize.Size(need+resumeMargin(total)))
 	}
 	return nil
 }

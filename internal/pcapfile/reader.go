@@ -329,6 +329,15 @@ func (r *Reader) ngBlock() (uint32, error) {
 			switch code {
 			case optComment:
 				st.Comment = string(v)
+			case isbStartTime, isbEndTime:
+				if len(v) == 8 {
+					ts := int64(le.Uint32(v))<<32 | int64(le.Uint32(v[4:]))
+					if code == isbStartTime {
+						st.Start = ts
+					} else {
+						st.End = ts
+					}
+				}
 			case isbIfRecv:
 				st.Received = n
 			case isbIfDrop:
