@@ -44,7 +44,8 @@ FUZZ_TARGETS := \
 	FuzzParseToken:./internal/auth \
 	FuzzSanitizeName:./internal/source \
 	FuzzScan:./internal/spool \
-	FuzzPcapReader:./internal/capture
+	FuzzPcapReader:./internal/capture \
+	FuzzReader:./internal/pcapfile
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

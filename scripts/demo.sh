@@ -68,5 +68,7 @@ if command -v tshark >/dev/null; then
   echo "==> first packets (tshark -r $file)"
   tshark -r "$file" -c 5 2>/dev/null | sed 's/^/    /'
 fi
+echo "==> catalog (tapstream files --data $data)"
+"$bin" files --data "$data" 2>&1 | sed 's/^/    /'
 echo
 echo "Logs: $log   Data: $data"
