@@ -69,3 +69,17 @@ func (s *Size) Set(v string) error {
 
 // Type implements pflag.Value.
 func (s *Size) Type() string { return "size" }
+
+// Human prints the size rounded to one decimal in the largest binary unit
+// that keeps it at least 1, for reading rather than parsing: 210.9KiB.
+func (s Size) Human() string {
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if s >= Size(u.mult) {
+			return strconv.FormatFloat(float64(s)/float64(u.mult), 'f', 1, 64) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(s), 10) + "B"
+}

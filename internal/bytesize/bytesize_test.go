@@ -37,3 +37,11 @@ func TestString(t *testing.T) {
 		}
 	}
 }
+
+func TestHuman(t *testing.T) {
+	for in, want := range map[Size]string{0: "0B", 1023: "1023B", 215920: "210.9KiB", 3 << 30: "3.0GiB"} {
+		if got := in.Human(); got != want {
+			t.Errorf("Size(%d).Human() = %q, want %q", int64(in), got, want)
+		}
+	}
+}

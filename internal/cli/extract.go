@@ -112,7 +112,7 @@ compile.`,
 			case err != nil:
 				return err
 			}
-			fmt.Fprintf(g.stderr, "extracted %d packets (of %d in the window) from %d sources in %d files to %s (%s)\n",
+			fmt.Fprintf(g.stderr, "extracted %d packets (of %d in the window) from %d source(s) in %d file(s) to %s (%s)\n",
 				stats.Written, stats.Read, stats.Sources, stats.Files, out, f)
 			return nil
 		},

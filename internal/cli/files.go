@@ -123,13 +123,13 @@ shown with --all).`,
 					continue
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", src.Name, f.State, fmtTime(f.FirstTS), fmtTime(f.LastTS),
-					f.Packets, bytesize.Size(f.Size), f.Path)
+					f.Packets, bytesize.Size(f.Size).Human(), f.Path)
 				n++
 				packets += f.Packets
 				size += f.Size
 			}
 			tw.Flush()
-			fmt.Fprintf(g.stderr, "%d files, %d packets, %s\n", n, packets, bytesize.Size(size))
+			fmt.Fprintf(g.stderr, "%d file(s), %d packets, %s\n", n, packets, bytesize.Size(size).Human())
 			return nil
 		},
 	}
@@ -169,7 +169,7 @@ its totals of packets stored and packets lost (kernel, interface, agent).`,
 					state += " (" + s.StateDetail + ")"
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\n", s.Name, s.Hostname, state,
-					s.LastSeen.UTC().Format(time.RFC3339), s.Packets, bytesize.Size(s.Bytes),
+					s.LastSeen.UTC().Format(time.RFC3339), s.Packets, bytesize.Size(s.Bytes).Human(),
 					s.KernelDrops, s.InterfaceDrops, s.AgentDrops, s.UUID)
 			}
 			return tw.Flush()

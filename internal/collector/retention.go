@@ -35,7 +35,7 @@ func (m MinFree) String() string {
 	if m.Percent > 0 {
 		return fmt.Sprintf("%g%%", m.Percent)
 	}
-	return bytesize.Size(m.Bytes).String()
+	return bytesize.Size(m.Bytes).Human()
 }
 
 // resumeMargin is the free space, above --min-free, that must return
@@ -184,7 +184,7 @@ func (s *Server) checkStorage(ctx context.Context) error {
 		}
 		if used > s.cfg.MaxStorage && !s.overStorageLogged {
 			s.log.Warn("over --max-storage, but only files still being written are left; they rotate out as they close",
-				"used", bytesize.Size(used), "max_storage", bytesize.Size(s.cfg.MaxStorage))
+				"used", bytesize.Size(used).Human(), "max_storage", bytesize.Size(s.cfg.MaxStorage))
 			s.overStorageLogged = true
 		} else if used <= s.cfg.MaxStorage {
 			s.overStorageLogged = false
@@ -210,14 +210,14 @@ func (s *Server) checkStorage(ctx context.Context) error {
 	switch {
 	case need > 0 && free < need && !paused:
 		s.pauseWrites(fmt.Sprintf("free space %v is below --min-free %v and no closed file is left to delete",
-			bytesize.Size(free), s.cfg.MinFree))
+			bytesize.Size(free).Human(), s.cfg.MinFree))
 	case paused && free >= need+resumeMargin(total):
 		if ok, d := s.space.resume(); ok {
-			s.log.Warn("STORAGE AVAILABLE AGAIN: writing and acking resume", "free", bytesize.Size(free), "paused_for", d.Round(time.Second))
+			s.log.Warn("STORAGE AVAILABLE AGAIN: writing and acking resume", "free", bytesize.Size(free).Human(), "paused_for", d.Round(time.Second))
 		}
 	case paused:
 		s.log.Error("STORAGE FULL: still not writing or acking; agents keep their packets in their spools until space is freed",
-			"reason", reason, "free", bytesize.Size(free), "need", bytesize.Size(need+resumeMargin(total)))
+			"reason", reason, "free", bytesize.Size(free).Human(), "need", bytesize.Size(need+resumeMargin(total)).Human())
 	}
 	return nil
 }
