@@ -158,6 +158,7 @@ type Server struct {
 
 	space             gate          // paused while storage is full
 	storagePoke       chan struct{} // asks the storage manager to look now
+	lateCloses        sync.WaitGroup // files closed a moment after their session
 	retentionMu       sync.Mutex
 	overStorageLogged bool
 }
@@ -201,7 +202,10 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Close closes the state database. Call it after Serve has returned.
-func (s *Server) Close() error { return s.store.Close() }
+func (s *Server) Close() error {
+	s.lateCloses.Wait()
+	return s.store.Close()
+}
 
 func checkWritable(dir string) error {
 	f, err := os.CreateTemp(dir, ".write-test-*")
@@ -273,6 +277,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		s.manageStorage(storageCtx)
 	}()
 	defer func() {
+		s.lateCloses.Wait()
 		stopStorage()
 		<-storageDone
 	}()

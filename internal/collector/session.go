@@ -516,11 +516,6 @@ func (s *session) closeFile() error {
 	if s.ageTimer != nil {
 		s.ageTimer.Stop()
 	}
-	// Arkime's monitor watches a new directory only after it notices it;
-	// a file closed in the directory's first second could go unseen.
-	if d := time.Until(s.dirCreated.Add(time.Second)); d > 0 {
-		time.Sleep(d)
-	}
 	f := &s.file
 	if s.w.Format() == pcapfile.Pcapng {
 		st := pcapfile.Stats{
@@ -539,13 +534,34 @@ func (s *session) closeFile() error {
 			s.log.Warn("cannot write the statistics block; the file is complete without it", "err", err)
 		}
 	}
-	errs := []error{s.w.Close()}
-	errs = append(errs, s.srv.store.CloseFile(context.Background(), s.fileID, s.w.Size()))
-	rel, _ := filepath.Rel(s.srv.cfg.DataDir, s.w.Path())
-	s.log.Info("closed file", "file", rel, "bytes", s.w.Size(), "packets", f.packets)
+	w, id, packets, log := s.w, s.fileID, f.packets, s.log
 	s.w = nil
 	s.file = fileCounters{}
-	s.srv.pokeStorage()
+	// Arkime's monitor watches a new directory only once it has noticed
+	// it; a file closed in the directory's first second could go unseen.
+	// Such a file is closed a little later, off the stream's path, so the
+	// agent's acks and its exit never wait for it.
+	if d := time.Until(s.dirCreated.Add(time.Second)); d > 0 {
+		s.srv.lateCloses.Add(1)
+		go func() {
+			defer s.srv.lateCloses.Done()
+			time.Sleep(d)
+			if err := s.srv.finishFile(w, id, packets, log); err != nil {
+				log.Error("closing capture file failed", "err", err)
+			}
+		}()
+		return nil
+	}
+	return s.srv.finishFile(w, id, packets, log)
+}
+
+// finishFile closes a file, once, and marks it closed in the catalog.
+func (s *Server) finishFile(w *pcapfile.Writer, id int64, packets uint64, log *slog.Logger) error {
+	errs := []error{w.Close()}
+	errs = append(errs, s.store.CloseFile(context.Background(), id, w.Size()))
+	rel, _ := filepath.Rel(s.cfg.DataDir, w.Path())
+	log.Info("closed file", "file", rel, "bytes", w.Size(), "packets", packets)
+	s.pokeStorage()
 	return errors.Join(errs...)
 }
 
