@@ -94,6 +94,9 @@ compile.`,
 				return usagef("-w - writes binary packets; pipe it (| wireshark -k -i -) or redirect it")
 			}
 			stats, err := extract.Run(cmd.Context(), plan, extract.Options{From: lo, To: hi, Filter: filter, Format: f}, w)
+			for _, m := range stats.Missing {
+				fmt.Fprintf(g.stderr, "warning: %s is in the catalog but gone from disk; skipped\n", m)
+			}
 			if file != nil {
 				if cerr := file.Close(); err == nil {
 					err = cerr

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 
 	"github.com/tapstream/tapstream/internal/capture"
 	"github.com/tapstream/tapstream/internal/pcapfile"
@@ -43,6 +44,7 @@ type Stats struct {
 	Written  uint64 // packets that passed the filter
 	Sources  int    // sources with packets written
 	LinkType uint32
+	Missing  []string // catalogued files no longer on disk, skipped
 }
 
 // ErrNoData is returned when nothing was written.
@@ -68,6 +70,7 @@ type cursor struct {
 	ifc      pcapfile.Interface
 	match    *capture.Matcher
 	opened   int
+	missing  []string
 }
 
 // advance moves to the next packet inside the window; false at the end.
@@ -80,6 +83,11 @@ func (c *cursor) advance(o *Options) (bool, error) {
 			f := c.src.Files[c.next]
 			c.next++
 			r, err := pcapfile.Open(f.Path, f.Limit)
+			if errors.Is(err, fs.ErrNotExist) {
+				// Removed behind the catalog's back: the rest still counts.
+				c.missing = append(c.missing, f.Path)
+				continue
+			}
 			if err != nil {
 				return false, err
 			}
@@ -142,6 +150,8 @@ func Run(ctx context.Context, sources []Source, o Options, w io.Writer) (Stats, 
 		c := &cursor{idx: i, src: src}
 		ok, err := c.advance(&o)
 		st.Files += c.opened
+		st.Missing = append(st.Missing, c.missing...)
+		c.missing = nil
 		if err != nil {
 			return st, fmt.Errorf("source %s: %w", src.Name, err)
 		}
@@ -212,6 +222,8 @@ func Run(ctx context.Context, sources []Source, o Options, w io.Writer) (Stats, 
 		before := c.opened
 		ok, err := c.advance(&o)
 		st.Files += c.opened - before
+		st.Missing = append(st.Missing, c.missing...)
+		c.missing = nil
 		if err != nil {
 			return st, fmt.Errorf("source %s: %w", c.src.Name, err)
 		}

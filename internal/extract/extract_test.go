@@ -92,6 +92,12 @@ func TestMergeWindowFilter(t *testing.T) {
 		t.Errorf("with a limit: %d packets, want 1", n)
 	}
 
+	// A catalogued file gone from disk is skipped and reported.
+	gone := Source{Name: "gone", Files: []File{{Path: filepath.Join(dir, "gone.pcap")}, b.Files[0]}}
+	out.Reset()
+	if st, err := Run(context.Background(), []Source{gone}, Options{From: 0, To: 100}, &out); err != nil || len(st.Missing) != 1 || st.Written != 5 {
+		t.Errorf("with a missing file: %+v, %v; want 5 packets and the file reported", st, err)
+	}
 	if _, err := Run(context.Background(), []Source{b}, Options{From: 200, To: 300}, &out); !errors.Is(err, ErrNoData) {
 		t.Errorf("empty window: %v, want ErrNoData", err)
 	}
