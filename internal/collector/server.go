@@ -156,8 +156,8 @@ type Server struct {
 	shutdown chan struct{} // closed when shutdown begins
 	sessions sync.WaitGroup
 
-	space             gate          // paused while storage is full
-	storagePoke       chan struct{} // asks the storage manager to look now
+	space             gate           // paused while storage is full
+	storagePoke       chan struct{}  // asks the storage manager to look now
 	lateCloses        sync.WaitGroup // files closed a moment after their session
 	retentionMu       sync.Mutex
 	overStorageLogged bool
