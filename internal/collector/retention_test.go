@@ -144,3 +144,47 @@ func TestReconcileAtStart(t *testing.T) {
 		t.Errorf("missing files: %+v", files)
 	}
 }
+
+// A file that has reached --rotate-time is closed even when no batch comes
+// to rotate it, so tools get it while the source is idle; the next batch
+// goes to a new file. Rotation by packets never splits a batch.
+func TestRotation(t *testing.T) {
+	tc := startCollector(t, func(c *Config) { c.RotateTime = 2500 * time.Millisecond; c.RotatePackets = 25 })
+	c := dial(t, tc.addr)
+	s, _ := welcome(t, c, newHello("rot"))
+	ctx := context.Background()
+	for seq := 1; seq <= 3; seq++ { // 10 packets each: rotates before the third
+		s.send(batchMsg(uint64(seq), packets(seq*100, 10)))
+		s.wantAck(uint64(seq))
+	}
+	st, err := store.Open(filepath.Join(tc.data, "tapstream.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	// A new directory's first file closes a second after the directory
+	// appeared (for Arkime's monitor): wait for it.
+	time.Sleep(1100 * time.Millisecond)
+	files, _ := st.Files(ctx)
+	if len(files) != 2 || files[0].State != store.FileClosed || files[0].Packets != 20 || files[1].State != store.FileOpen {
+		t.Fatalf("after 3 batches with --rotate-packets 25: %+v", files)
+	}
+	// Idle past --rotate-time: the open file closes by itself.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		files, _ = st.Files(ctx, store.FileOpen)
+		if len(files) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("file still open 5 s into an idle stream with --rotate-time 2.5s: %+v", files)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.send(batchMsg(4, packets(400, 10)))
+	s.wantAck(4)
+	files, _ = st.Files(ctx)
+	if len(files) != 3 || files[2].State != store.FileOpen || files[2].Packets != 10 {
+		t.Fatalf("after an idle close and one more batch: %+v", files)
+	}
+}
