@@ -605,12 +605,15 @@ func TestDiskFullPausesAndResumes(t *testing.T) {
 			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 			c := collectorIn(t, nil, addr, data, tc.extra...)
 			a := start(t, nil, "agent", "agent", "--insecure", "--connect", addr, "--batch-size", "64KB", "--snaplen", "2048",
-				"--source", "file:"+trace+":name=full")
+				"--status-interval", "1s", "--source", "file:"+trace+":name=full")
 			c.waitLog(`STORAGE FULL`, 60*time.Second)
 			time.Sleep(3 * time.Second)
 			if a.exited() {
 				t.Fatalf("agent exited (%d) while the collector was full; it should wait", a.exit)
 			}
+			// The agent says it is not being acked, and keeps its packets
+			// in its spool.
+			a.waitLog(`status: the collector acked nothing.* spool_bytes=[1-9]`, 5*time.Second)
 			src := start(t, nil, "sources", "sources", "--data", data)
 			src.wait(10 * time.Second)
 			if !strings.Contains(src.output(), "paused (storage full") {

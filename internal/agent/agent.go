@@ -46,9 +46,11 @@ const (
 	DefaultBatchDelay   = 50 * time.Millisecond
 	DefaultBuffer       = 64 << 20
 	DefaultDrainTimeout = 30 * time.Second
-	DefaultMaxBackoff   = 30 * time.Second
-	DefaultSpoolSize    = 1 << 30
-	DefaultSpoolDelay   = 500 * time.Millisecond
+	// DefaultStatusInterval is how often each source logs its counters.
+	DefaultStatusInterval = time.Minute
+	DefaultMaxBackoff     = 30 * time.Second
+	DefaultSpoolSize      = 1 << 30
+	DefaultSpoolDelay     = 500 * time.Millisecond
 )
 
 // Config configures an agent.
@@ -99,6 +101,9 @@ type Config struct {
 	MaxBackoff   time.Duration
 	// DrainTimeout bounds the wait for the last acks after capture stops.
 	DrainTimeout time.Duration
+	// StatusInterval is how often each source logs its counters; negative
+	// turns the status lines off.
+	StatusInterval time.Duration
 
 	Hostname string
 	// GPS, when set, is the capture's fixed location, stored with its
@@ -174,6 +179,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.StatusInterval == 0 {
+		c.StatusInterval = DefaultStatusInterval
 	}
 	if c.SpoolSize == 0 {
 		c.SpoolSize = DefaultSpoolSize

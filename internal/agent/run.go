@@ -152,6 +152,10 @@ func (r *sourceRun) run(ctx context.Context) error {
 	}
 	defer func() { cancelDeliver(); <-spoolDone }()
 
+	if r.a.cfg.StatusInterval > 0 {
+		go r.statusLoop(deliverCtx, r.a.cfg.StatusInterval)
+	}
+
 	deliverDone := make(chan error, 1)
 	deliveryEnded := make(chan struct{})
 	r.delivered = deliveryEnded
@@ -268,6 +272,45 @@ func (r *sourceRun) credentials() *pb.Credentials {
 		return nil
 	}
 	return &pb.Credentials{Token: c.Token, User: c.User, Password: c.Password}
+}
+
+// statusLoop logs the source's counters every interval until ctx ends: a
+// warning when the collector acked nothing while batches waited.
+func (r *sourceRun) statusLoop(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var lastCaptured, lastDelivered int64
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			captured, delivered := r.stats.captured.Load(), r.stats.delivered.Load()
+			secs := now.Sub(last).Seconds()
+			b, p, _ := r.q.pending()
+			attrs := []any{
+				"captured_packets", captured,
+				"capture_pps", int64(float64(captured-lastCaptured) / secs),
+				"delivered_packets", delivered,
+				"delivery_pps", int64(float64(delivered-lastDelivered) / secs),
+				"waiting_batches", b, "waiting_packets", p,
+				"kernel_drops", r.stats.kernelDrops.Load(),
+				"interface_drops", r.stats.interfaceDrops.Load(),
+				"agent_drops", r.stats.agentDrops.Load(),
+				"reconnects", r.stats.reconnects.Load(),
+			}
+			if r.sp != nil {
+				attrs = append(attrs, "spool_bytes", r.sp.Used())
+			}
+			if p > 0 && delivered == lastDelivered {
+				r.log.Warn("status: the collector acked nothing since the last status; packets wait in memory and the spool", attrs...)
+			} else {
+				r.log.Info("status", attrs...)
+			}
+			lastCaptured, lastDelivered, last = captured, delivered, now
+		}
+	}
 }
 
 func (r *sourceRun) logSummary() {

@@ -53,6 +53,7 @@ type agentFlags struct {
 	disableRetry bool
 	drainTimeout time.Duration
 	fixedGPS     string
+	status       time.Duration
 }
 
 func newAgentCmd(g *globals) *cobra.Command {
@@ -133,6 +134,7 @@ dropped, and then they are counted and reported to the collector.`,
 	fl.StringVar(&f.keyFile, "key", "", "key of --cert")
 	fl.StringVar(&f.endpoint, "endpoint", "", "path prefix of a proxy in front of the collector, e.g. /tapstream (its --uri-prefix)")
 	fl.BoolVar(&f.disableRetry, "disable-retry", false, "exit non-zero on the first connection failure instead of reconnecting")
+	fl.DurationVar(&f.status, "status-interval", agent.DefaultStatusInterval, "log each source's counters this often (0: never)")
 	fl.StringVar(&f.fixedGPS, "fixed-gps", "", "the capture's fixed location, LAT,LON[,ALT] (degrees, metres), stored with its files")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", agent.DefaultDrainTimeout, "how long to wait for the last acks after capture stops")
 	return cmd
@@ -175,10 +177,15 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 	if err != nil {
 		return usagef("--fixed-gps: %v", err)
 	}
+	status := f.status
+	if status == 0 {
+		status = -1 // off
+	}
 	cfg := agent.Config{
-		GPS:     gps,
-		Connect: f.connect,
-		Sources: specs,
+		GPS:            gps,
+		StatusInterval: status,
+		Connect:        f.connect,
+		Sources:        specs,
 		Capture: capture.Config{
 			Backend:      f.backend,
 			Snaplen:      f.snaplen,
