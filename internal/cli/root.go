@@ -78,6 +78,11 @@ Start a collector (it prints its pin), make a token, point agents at it:
   tapstream agent --connect collector:7447 --pin sha256:... --token tst_... \
       --source eth0 --filter 'tcp port 443'
 
+Find and cut what was stored:
+
+  tapstream files --data ./tapstream-data --from -1h
+  tapstream extract --data ./tapstream-data --source web1-eth0 --from -15m -w - | wireshark -k -i -
+
 Every flag can also be set with an environment variable: TAPSTREAM_ and the
 flag's name in capitals with '_' for '-', such as TAPSTREAM_CONNECT.`,
 		SilenceUsage:  true,
