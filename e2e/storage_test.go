@@ -158,7 +158,8 @@ var arkimeName = regexp.MustCompile(`(?i)\.(pcap|cap)$`)
 
 // watcher behaves like Arkime's capture -R DIR --monitor --recursive: it
 // watches DIR and every directory made under it with inotify, and takes in
-// a file when a close-after-write event names it. It reads the file at
+// a file when a close-after-write event names it (renames alone are not
+// seen). It reads the file at
 // that moment and remembers its packet count.
 type watcher struct {
 	fd   int
@@ -212,10 +213,10 @@ func (w *watcher) loop(names *regexp.Regexp) {
 			switch {
 			case ev.Mask&unix.IN_ISDIR != 0 && ev.Mask&unix.IN_CREATE != 0:
 				w.add(path) // --recursive
-			case ev.Mask&unix.IN_MOVED_TO != 0 && names.MatchString(name):
-				w.mu.Lock()
-				w.errs = append(w.errs, "renamed into place, which Arkime does not see: "+path)
-				w.mu.Unlock()
+			case ev.Mask&unix.IN_MOVED_TO != 0:
+				// Arkime ignores renames; tapstream renames a file into
+				// place, still open, once its header is written, and
+				// what counts is the close that follows.
 			case ev.Mask&unix.IN_CLOSE_WRITE != 0 && names.MatchString(name):
 				count, err := countPackets(path)
 				w.mu.Lock()

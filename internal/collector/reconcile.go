@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 
 	"github.com/tapstream/tapstream/internal/store"
 )
@@ -75,8 +76,16 @@ func (s *Server) reconcile(ctx context.Context) error {
 		byName[src.Name] = src.UUID
 	}
 	err = filepath.WalkDir(s.pcapDir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() || !captureName.MatchString(d.Name()) {
+		if err != nil || !d.Type().IsRegular() {
 			return err
+		}
+		if strings.HasPrefix(d.Name(), ".") && strings.HasSuffix(d.Name(), ".part") {
+			// A file a crash caught before its header was written.
+			s.log.Info("removing a capture file a crash left half made", "file", path)
+			return os.Remove(path)
+		}
+		if !captureName.MatchString(d.Name()) {
+			return nil
 		}
 		rel, _ := filepath.Rel(s.cfg.DataDir, path)
 		if known[rel] {

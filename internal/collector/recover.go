@@ -41,6 +41,9 @@ func (s *Server) recoverFile(ctx context.Context, f store.File) error {
 	path := filepath.Join(s.cfg.DataDir, f.Path)
 	st, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(pcapfile.PartName(path)); err == nil {
+			s.log.Info("removed a capture file a crash left half made", "file", pcapfile.PartName(f.Path))
+		}
 		if f.Packets == 0 {
 			// Catalogued, then the crash came before the file was made.
 			return s.store.DropFile(ctx, f.ID)

@@ -112,6 +112,10 @@ func TestReconcileAtStart(t *testing.T) {
 	adopted := filepath.Join(filepath.Dir(path), "reconcile-copy.pcap")
 	os.WriteFile(adopted, b, 0o640)
 	os.Truncate(path, int64(len(b)-30))
+	// And what a crash between creating a file and writing its header
+	// leaves: a hidden part file, never a final name without a header.
+	part := filepath.Join(filepath.Dir(path), ".reconcile-x.pcap.part")
+	os.WriteFile(part, b[:10], 0o640)
 
 	srv, err = New(Config{DataDir: data, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -120,6 +124,9 @@ func TestReconcileAtStart(t *testing.T) {
 	files, _ = srv.store.Files(context.Background())
 	if len(files) != 2 {
 		t.Fatalf("catalog after reconcile: %+v", files)
+	}
+	if _, err := os.Stat(part); err == nil {
+		t.Error("the part file a crash left is still there")
 	}
 	for _, f := range files {
 		want := uint64(20)

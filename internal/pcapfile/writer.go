@@ -1,10 +1,13 @@
 // Package pcapfile writes capture files: classic pcap (little-endian,
 // nanosecond timestamps) or pcapng carrying the capture's metadata.
 //
-// A file is created under its final name with O_EXCL, its header goes out
-// in the write that follows at once, and every later write appends whole
-// records, so that a tool watching the directory (Arkime's capture
-// --monitor) never sees a partial header. Records arrive already in pcap
+// A file is made under a hidden name (".NAME.part", which no watcher's
+// pattern matches), gets its header, and is then renamed to its final name
+// while it stays open; every later write appends whole records. So a final
+// name never holds a partial header, even if the process dies mid-create
+// (its close would fire inotify's close-after-write), and a tool watching
+// the directory (Arkime's capture --monitor, which reacts to that event and
+// not to renames) takes the file in once, when the writer closes it. Records arrive already in pcap
 // layout (see package wire): writing a batch to pcap is one write system
 // call with no per-packet work; to pcapng, one pass turns the records into
 // enhanced packet blocks in a reused buffer, then one write.
@@ -15,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -124,19 +128,44 @@ type Writer struct {
 	scratch []byte // pcapng blocks of the batch being written
 }
 
-// Create creates path, which must not exist, and writes the file header.
+// PartName is the hidden name a file has until its header is written.
+func PartName(path string) string {
+	dir, base := filepath.Split(path)
+	return filepath.Join(dir, "."+base+".part")
+}
+
+// Create creates path, which must not exist, with the file header.
 func Create(path string, o Options) (*Writer, error) {
+	if _, err := os.Lstat(path); err == nil {
+		return nil, &os.PathError{Op: "create", Path: path, Err: os.ErrExist}
+	}
 	hdr := FileHeader(o)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	part := PartName(path)
+	os.Remove(part) // left by a crash
+	f, err := os.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	if err != nil {
 		return nil, err
 	}
 	if _, err := f.Write(hdr); err != nil {
 		f.Close()
-		os.Remove(path) // never leave a partial header under a final name
+		os.Remove(part)
 		return nil, fmt.Errorf("write header of %s: %w", path, err)
 	}
+	if err := renameNoReplace(part, path); err != nil {
+		f.Close()
+		os.Remove(part)
+		return nil, err
+	}
 	return &Writer{f: f, path: path, format: o.Format, size: int64(len(hdr)), hdrSize: int64(len(hdr))}, nil
+}
+
+// renameChecked renames from to to unless to exists (with a race between
+// the check and the rename that only a second writer could lose).
+func renameChecked(from, to string) error {
+	if _, err := os.Lstat(to); err == nil {
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: os.ErrExist}
+	}
+	return os.Rename(from, to)
 }
 
 // Path returns the file's path.

@@ -26,6 +26,9 @@ func TestWriterFile(t *testing.T) {
 	if b, _ := os.ReadFile(path); len(b) != HeaderLen {
 		t.Fatalf("after Create the file holds %d bytes, want the %d-byte header", len(b), HeaderLen)
 	}
+	if _, err := os.Lstat(PartName(path)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the hidden name is still there after Create: %v", err)
+	}
 	b := wire.NewBuilder(1 << 16)
 	b.Append(1_600_000_000_000_000_001, []byte{0x45, 0, 0, 20}, 20)
 	b.Append(1_600_000_000_500_000_000, bytes.Repeat([]byte{0x45}, 100), 100)

@@ -1,0 +1,23 @@
+package pcapfile
+
+import (
+	"errors"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// renameNoReplace moves from to to, failing with os.ErrExist if to exists.
+func renameNoReplace(from, to string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EEXIST):
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: os.ErrExist}
+	case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS):
+		// A file system without RENAME_NOREPLACE.
+		return renameChecked(from, to)
+	}
+	return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
+}
