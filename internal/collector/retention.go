@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"time"
 
@@ -42,6 +41,12 @@ func (m MinFree) String() string {
 // before a paused collector writes again, so it does not flap: 8 MiB, or
 // a twentieth of a smaller file system.
 func resumeMargin(total int64) int64 { return min(8<<20, total/20) }
+
+// usedRescan is how often retention sums the catalog's file sizes.
+const usedRescan = 30 * time.Second
+
+// retentionBatch is how many catalog entries retention reads at a time.
+const retentionBatch = 256
 
 // storageInterval is how often the storage manager looks at the disk.
 const storageInterval = 2 * time.Second
@@ -134,53 +139,73 @@ func (s *Server) pokeStorage() {
 func (s *Server) checkStorage(ctx context.Context) error {
 	s.retentionMu.Lock()
 	defer s.retentionMu.Unlock()
-	files, err := s.store.Files(ctx, store.FileOpen, store.FileClosed)
-	if err != nil {
-		return err
-	}
 	var used int64
-	var closed []store.File
-	for _, f := range files {
-		used += f.Size
-		if f.State == store.FileClosed {
-			closed = append(closed, f)
+	if s.cfg.MaxStorage > 0 {
+		// Summing the catalog reads every row: do it now and then, and
+		// count the bytes written since in between.
+		if s.usedAt.IsZero() || time.Since(s.usedAt) > usedRescan {
+			n, err := s.store.StorageUsed(ctx)
+			if err != nil {
+				return err
+			}
+			s.usedBase, s.usedAt, s.writtenAtScan = n, time.Now(), s.written.Load()
 		}
+		used = s.usedBase + s.written.Load() - s.writtenAtScan
 	}
-	// Oldest first: by first packet, then by creation.
-	sort.Slice(closed, func(i, j int) bool {
-		if closed[i].FirstTS != closed[j].FirstTS {
-			return closed[i].FirstTS < closed[j].FirstTS
-		}
-		return closed[i].ID < closed[j].ID
-	})
-	now := time.Now()
-	next := 0
 	remove := func(f store.File, why string) error {
 		if err := s.deleteFile(ctx, f, why); err != nil {
 			return err
 		}
 		used -= f.Size
+		s.usedBase -= f.Size
 		return nil
 	}
 	if s.cfg.MaxAge > 0 {
-		kept := closed[:0]
-		for _, f := range closed {
-			if !f.ClosedAt.IsZero() && now.Sub(f.ClosedAt) > s.cfg.MaxAge {
+		for {
+			old, err := s.store.ClosedBefore(ctx, time.Now().Add(-s.cfg.MaxAge), retentionBatch)
+			if err != nil {
+				return err
+			}
+			for _, f := range old {
 				if err := remove(f, fmt.Sprintf("closed more than --max-age %v ago", s.cfg.MaxAge)); err != nil {
 					return err
 				}
-				continue
 			}
-			kept = append(kept, f)
+			if len(old) < retentionBatch {
+				break
+			}
 		}
-		closed = kept
+	}
+	// The oldest closed files, fetched a batch at a time as needed.
+	var closed []store.File
+	exhausted := false
+	oldest := func() (store.File, bool, error) {
+		if len(closed) == 0 && !exhausted {
+			var err error
+			if closed, err = s.store.OldestClosed(ctx, retentionBatch); err != nil {
+				return store.File{}, false, err
+			}
+			exhausted = len(closed) < retentionBatch
+		}
+		if len(closed) == 0 {
+			return store.File{}, false, nil
+		}
+		f := closed[0]
+		closed = closed[1:]
+		return f, true, nil
 	}
 	if s.cfg.MaxStorage > 0 {
-		for used > s.cfg.MaxStorage && next < len(closed) {
-			if err := remove(closed[next], fmt.Sprintf("over --max-storage %v", bytesize.Size(s.cfg.MaxStorage))); err != nil {
+		for used > s.cfg.MaxStorage {
+			f, ok, err := oldest()
+			if err != nil {
 				return err
 			}
-			next++
+			if !ok {
+				break
+			}
+			if err := remove(f, fmt.Sprintf("over --max-storage %v", bytesize.Size(s.cfg.MaxStorage))); err != nil {
+				return err
+			}
 		}
 		if used > s.cfg.MaxStorage && !s.overStorageLogged {
 			s.log.Warn("over --max-storage, but only files still being written are left; they rotate out as they close",
@@ -196,11 +221,17 @@ func (s *Server) checkStorage(ctx context.Context) error {
 		return err
 	}
 	need := s.cfg.MinFree.Of(total)
-	for need > 0 && free < need && next < len(closed) {
-		if err := remove(closed[next], fmt.Sprintf("disk below --min-free %v", s.cfg.MinFree)); err != nil {
+	for need > 0 && free < need {
+		f, ok, err := oldest()
+		if err != nil {
 			return err
 		}
-		next++
+		if !ok {
+			break
+		}
+		if err := remove(f, fmt.Sprintf("disk below --min-free %v", s.cfg.MinFree)); err != nil {
+			return err
+		}
 		if free, _, err = diskSpace(s.pcapDir); err != nil {
 			return err
 		}

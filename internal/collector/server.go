@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -161,6 +162,10 @@ type Server struct {
 	lateCloses        sync.WaitGroup // files closed a moment after their session
 	retentionMu       sync.Mutex
 	overStorageLogged bool
+	written           atomic.Int64 // bytes stored, for retention's estimate
+	usedBase          int64        // bytes in files at the last catalog sum
+	usedAt            time.Time
+	writtenAtScan     int64
 }
 
 // New creates the data directory, opens the state database, repairs the

@@ -231,6 +231,7 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	}
 	s.lastSeq = b.Seq
 	s.partialSeq, s.partialRecords = 0, 0
+	s.srv.written.Add(written)
 	if sum.Packets > 0 {
 		if s.file.packets == 0 {
 			s.file.first = sum.First

@@ -51,3 +51,25 @@ func (s *Store) HasPath(ctx context.Context, path string) (bool, error) {
 	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM files WHERE path = ?`, path).Scan(&n)
 	return n > 0, err
 }
+
+// StorageUsed returns the bytes that open and closed files take.
+func (s *Store) StorageUsed(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.db.QueryRowContext(ctx, `SELECT COALESCE(SUM(size), 0) FROM files WHERE state IN (?, ?)`, FileOpen, FileClosed).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("catalog: storage used: %w", err)
+	}
+	return n, nil
+}
+
+// OldestClosed returns up to limit closed files, oldest first packet first.
+func (s *Store) OldestClosed(ctx context.Context, limit int) ([]File, error) {
+	return s.queryFiles(ctx, `SELECT `+fileColumns+` FROM files WHERE state = ? ORDER BY first_ts, id LIMIT ?`, FileClosed, limit)
+}
+
+// ClosedBefore returns up to limit files closed before t, longest closed
+// first.
+func (s *Store) ClosedBefore(ctx context.Context, t time.Time, limit int) ([]File, error) {
+	return s.queryFiles(ctx, `SELECT `+fileColumns+` FROM files WHERE state = ? AND closed_at > 0 AND closed_at < ? ORDER BY closed_at, id LIMIT ?`,
+		FileClosed, t.UnixNano(), limit)
+}

@@ -190,7 +190,9 @@ var migrations = []string{
 	);`,
 	`ALTER TABLE files ADD COLUMN deleted_at INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE sources ADD COLUMN state TEXT NOT NULL DEFAULT '';
-	ALTER TABLE sources ADD COLUMN state_detail TEXT NOT NULL DEFAULT '';`,
+	ALTER TABLE sources ADD COLUMN state_detail TEXT NOT NULL DEFAULT '';
+	CREATE INDEX files_state_first ON files(state, first_ts);
+	CREATE INDEX files_state_closed ON files(state, closed_at);`,
 }
 
 func migrate(db *sql.DB) error {
@@ -322,7 +324,7 @@ func (s *Store) SetFileState(ctx context.Context, id int64, st FileState) error 
 // Files returns catalog entries in the given states (all when none),
 // ordered by source and first timestamp.
 func (s *Store) Files(ctx context.Context, states ...FileState) ([]File, error) {
-	q := `SELECT id, source_uuid, path, state, link_type, snaplen, size, packets, bytes, first_ts, last_ts, created_at, closed_at, deleted_at FROM files`
+	q := `SELECT ` + fileColumns + ` FROM files`
 	var args []any
 	if len(states) > 0 {
 		q += ` WHERE state IN (?` + repeat(",?", len(states)-1) + `)`
@@ -331,6 +333,12 @@ func (s *Store) Files(ctx context.Context, states ...FileState) ([]File, error) 
 		}
 	}
 	q += ` ORDER BY source_uuid, first_ts, id`
+	return s.queryFiles(ctx, q, args...)
+}
+
+const fileColumns = `id, source_uuid, path, state, link_type, snaplen, size, packets, bytes, first_ts, last_ts, created_at, closed_at, deleted_at`
+
+func (s *Store) queryFiles(ctx context.Context, q string, args ...any) ([]File, error) {
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list files: %w", err)
