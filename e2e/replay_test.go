@@ -4,16 +4,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/tapstream/tapstream/internal/nettest"
 	"github.com/tapstream/tapstream/internal/pcaptest"
@@ -62,29 +57,7 @@ func TestReplayFidelity(t *testing.T) {
 // writeNumbered writes n UDP packets spread evenly over span, each carrying
 // its number in the first four payload bytes.
 func writeNumbered(t *testing.T, path string, n int, span time.Duration) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	w := pcapgo.NewWriterNanos(f)
-	w.WriteFileHeader(65535, layers.LinkTypeEthernet)
-	ts := time.Now().Add(-time.Hour)
-	for i := range n {
-		payload := make([]byte, 200)
-		binary.BigEndian.PutUint32(payload, uint32(i))
-		eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
-		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: net.IPv4(10, 2, 0, 1), DstIP: net.IPv4(10, 2, 0, 2)}
-		udp := &layers.UDP{SrcPort: 40000, DstPort: 6000}
-		udp.SetNetworkLayerForChecksum(ip)
-		buf := gopacket.NewSerializeBuffer()
-		gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, udp, gopacket.Payload(payload))
-		ci := gopacket.CaptureInfo{Timestamp: ts.Add(span * time.Duration(i) / time.Duration(n)), CaptureLength: len(buf.Bytes()), Length: len(buf.Bytes())}
-		if err := w.WritePacket(ci, buf.Bytes()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeTrace(t, path, n, span, 1)
 }
 
 // TestCollectorRestartMidStream: the collector gets SIGTERM while an agent
