@@ -271,7 +271,7 @@ func TestArkimeMonitorSeesEachFileOnce(t *testing.T) {
 	w := watch(t, filepath.Join(data, "pcap"), arkimeName)
 
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	c := collectorIn(t, nil, addr, data, "--rotate-packets", fmt.Sprint(perFile), "--rotate-time", "1s")
+	c := collectorIn(t, nil, addr, data, "--rotate-packets", fmt.Sprint(perFile), "--rotate-time", "1s", "--status-interval", "500ms")
 	a := start(t, nil, "agent-a", "agent", "--insecure", "--connect", addr, "--batch-size", "32KB", "--snaplen", "2048",
 		"--source", "file:"+traceA+":name=arkime-a")
 	b := start(t, nil, "agent-b", "agent", "--insecure", "--connect", addr, "--replay-speed", "1",
@@ -281,6 +281,8 @@ func TestArkimeMonitorSeesEachFileOnce(t *testing.T) {
 			t.Fatalf("%s exited %d", p.name, code)
 		}
 	}
+	// The collector reported the live source's counters as it went.
+	c.waitLog(`msg="source status" source=arkime-b remote=\S+ packets=\d+ bytes=\d+ pps=[1-9]`, time.Second)
 	c.signal(syscall.SIGTERM)
 	if code := c.wait(20 * time.Second); code != 0 {
 		t.Fatalf("collector exited %d", code)

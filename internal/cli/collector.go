@@ -42,6 +42,7 @@ type collectorFlags struct {
 	maxStorage    bytesize.Size
 	maxAge        time.Duration
 	minFree       string
+	status        time.Duration
 }
 
 func newCollectorCmd(g *globals) *cobra.Command {
@@ -102,6 +103,7 @@ closes every file and prints per-source counters.`, collector.DefaultPort),
 	fl.BoolVar(&f.fsync, "fsync", false, "sync each batch to disk before acking it")
 	fl.Var(&f.maxMessage, "max-message-size", "largest message accepted from an agent")
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", collector.DefaultShutdownTimeout, "how long shutdown waits for streams to finish")
+	fl.DurationVar(&f.status, "status-interval", time.Minute, "log each live source's counters and rates this often (0: never)")
 	fl.StringVar(&f.format, "format", "pcap", "file format: pcap (nanosecond) or pcapng (with capture metadata)")
 	fl.Var(&f.rotateSize, "rotate-size", "start a source's next file when this one would pass this size (0: no limit)")
 	fl.DurationVar(&f.rotateTime, "rotate-time", collector.DefaultRotateTime, "start a source's next file when this one is this old (0: no limit)")
@@ -171,6 +173,7 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 		MaxStorage:      int64(f.maxStorage),
 		MaxAge:          f.maxAge,
 		MinFree:         minFree,
+		StatusInterval:  f.status,
 		DataDir:         f.data,
 		MaxMessageBytes: int(f.maxMessage),
 		Fsync:           f.fsync,

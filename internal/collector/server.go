@@ -97,6 +97,10 @@ type Config struct {
 	MaxStorage int64
 	MaxAge     time.Duration
 	MinFree    MinFree
+
+	// StatusInterval is how often the collector logs each live source's
+	// counters; zero or negative turns that off.
+	StatusInterval time.Duration
 }
 
 // Validate checks c and fills in defaults.
@@ -279,6 +283,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	storageDone := make(chan struct{})
 	go func() {
 		defer close(storageDone)
+		if s.cfg.StatusInterval > 0 {
+			go s.statusLoop(storageCtx, s.cfg.StatusInterval)
+		}
 		s.manageStorage(storageCtx)
 	}()
 	defer func() {
@@ -320,6 +327,49 @@ func (s *Server) beginShutdown() {
 	if !s.stopping {
 		s.stopping = true
 		close(s.shutdown)
+	}
+}
+
+// statusLoop logs every live source's counters and rates each interval.
+func (s *Server) statusLoop(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	type seen struct {
+		packets, bytes uint64
+		at             time.Time
+	}
+	last := map[*session]seen{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.mu.Lock()
+			live := make([]*session, 0, len(s.live))
+			for _, sess := range s.live {
+				live = append(live, sess)
+			}
+			s.mu.Unlock()
+			next := make(map[*session]seen, len(live))
+			for _, sess := range live {
+				p, b := sess.packets.Load(), sess.bytes.Load()
+				prev, ok := last[sess]
+				if !ok {
+					prev = seen{at: now.Add(-interval)}
+				}
+				secs := now.Sub(prev.at).Seconds()
+				paused, reason, _ := s.space.state()
+				attrs := []any{"source", sess.name, "remote", sess.remote, "packets", p, "bytes", b,
+					"pps", int64(float64(p-prev.packets) / secs), "bytes_per_s", int64(float64(b-prev.bytes) / secs)}
+				if paused {
+					s.log.Warn("source status: paused, storage full", append(attrs, "reason", reason)...)
+				} else {
+					s.log.Info("source status", attrs...)
+				}
+				next[sess] = seen{p, b, now}
+			}
+			last = next
+		}
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -56,7 +57,8 @@ type session struct {
 	decBuf     []byte
 
 	// This session's own counters, for its log line.
-	packets, bytes, batches, duplicates uint64
+	// Atomic: the status loop reads them.
+	packets, bytes, batches, duplicates atomic.Uint64
 
 	kickOnce sync.Once
 	kicked   chan struct{} // closed to end the stream for a takeover
@@ -165,7 +167,7 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	switch {
 	case b.Seq <= s.lastSeq:
 		// Sent again after a reconnect; it is stored already.
-		s.duplicates++
+		s.duplicates.Add(1)
 		return s.ack(stream, s.lastSeq)
 	case b.Seq != s.lastSeq+1:
 		return status.Errorf(codes.FailedPrecondition,
@@ -242,9 +244,9 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	s.file.drops.KernelDrops += b.KernelDrops
 	s.file.drops.InterfaceDrops += b.InterfaceDrops
 	s.file.drops.AgentDrops += b.AgentDrops
-	s.packets += uint64(sum.Packets)
-	s.bytes += uint64(sum.CapturedBytes)
-	s.batches++
+	s.packets.Add(uint64(sum.Packets))
+	s.bytes.Add(uint64(sum.CapturedBytes))
+	s.batches.Add(1)
 	if b.KernelDrops+b.InterfaceDrops+b.AgentDrops > 0 {
 		s.log.Warn("agent reports lost packets", "kernel_drops", b.KernelDrops,
 			"interface_drops", b.InterfaceDrops, "agent_drops", b.AgentDrops)
@@ -572,8 +574,8 @@ func (s *session) close() error {
 		s.dec.Close()
 	}
 	var errs []error
-	if s.duplicates > 0 {
-		errs = append(errs, s.srv.store.AddDuplicates(context.Background(), s.uuid.String(), s.duplicates))
+	if d := s.duplicates.Load(); d > 0 {
+		errs = append(errs, s.srv.store.AddDuplicates(context.Background(), s.uuid.String(), d))
 	}
 	errs = append(errs, s.closeFile())
 	s.setState(store.SourceDisconnected, "")
@@ -581,5 +583,6 @@ func (s *session) close() error {
 }
 
 func (s *session) summaryAttrs() []any {
-	return []any{"packets", s.packets, "bytes", s.bytes, "batches", s.batches, "duplicate_batches", s.duplicates, "last_seq", s.lastSeq}
+	return []any{"packets", s.packets.Load(), "bytes", s.bytes.Load(), "batches", s.batches.Load(),
+		"duplicate_batches", s.duplicates.Load(), "last_seq", s.lastSeq}
 }
