@@ -93,7 +93,16 @@ compile.`,
 			} else if fd, ok := g.stdout.(interface{ Fd() uintptr }); ok && term.IsTerminal(int(fd.Fd())) {
 				return usagef("-w - writes binary packets; pipe it (| wireshark -k -i -) or redirect it")
 			}
-			stats, err := extract.Run(cmd.Context(), plan, extract.Options{From: lo, To: hi, Filter: filter, Format: f}, w)
+			opts := extract.Options{From: lo, To: hi, Filter: filter, Format: f}
+			if fd, ok := g.stderr.(interface{ Fd() uintptr }); ok && term.IsTerminal(int(fd.Fd())) {
+				opts.Progress = func(st extract.Stats) {
+					fmt.Fprintf(g.stderr, "\rextract: %d packets written, %d read, %d file(s) opened", st.Written, st.Read, st.Files)
+				}
+			}
+			stats, err := extract.Run(cmd.Context(), plan, opts, w)
+			if opts.Progress != nil {
+				fmt.Fprint(g.stderr, "\r\033[K") // clear the progress line
+			}
 			for _, m := range stats.Missing {
 				fmt.Fprintf(g.stderr, "warning: %s is in the catalog but gone from disk; skipped\n", m)
 			}

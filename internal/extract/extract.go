@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"time"
 
 	"github.com/tapstream/tapstream/internal/capture"
 	"github.com/tapstream/tapstream/internal/pcapfile"
@@ -35,6 +36,9 @@ type Options struct {
 	From, To int64 // ns, both inclusive
 	Filter   string
 	Format   pcapfile.Format
+	// Progress, when set, is called now and then (about once a second)
+	// with the counts so far.
+	Progress func(Stats)
 }
 
 // Stats count what Run did.
@@ -206,9 +210,16 @@ func Run(ctx context.Context, sources []Source, o Options, w io.Writer) (Stats, 
 	h = all
 	heap.Init(&h)
 	wrote := map[int]bool{}
+	lastProgress := time.Now()
 	for n := 0; len(h) > 0; n++ {
-		if n%4096 == 0 && ctx.Err() != nil {
-			return st, ctx.Err()
+		if n%4096 == 0 {
+			if ctx.Err() != nil {
+				return st, ctx.Err()
+			}
+			if o.Progress != nil && time.Since(lastProgress) > time.Second {
+				o.Progress(st)
+				lastProgress = time.Now()
+			}
 		}
 		c := h[0]
 		st.Read++
