@@ -41,6 +41,7 @@ func usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 type globals struct {
 	logLevel  string
 	logFormat string
+	config    string
 	stdout    io.Writer
 	stderr    io.Writer
 }
@@ -84,11 +85,26 @@ Find and cut what was stored:
   tapstream extract --data ./tapstream-data --source web1-eth0 --from -15m -w - | wireshark -k -i -
 
 Every flag can also be set with an environment variable: TAPSTREAM_ and the
-flag's name in capitals with '_' for '-', such as TAPSTREAM_CONNECT.`,
+flag's name in capitals with '_' for '-', such as TAPSTREAM_CONNECT, or in a
+file given with --config (TAPSTREAM_CONFIG):
+
+  # /etc/tapstream.conf
+  [agent]
+  connect = capture.example.org:7447
+  pin = sha256:...
+  source = eth0
+  filter = not port 22`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return applyEnv(cmd.Flags())
+			if err := applyEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			if g.config == "" {
+				return nil
+			}
+			name := strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" ")
+			return applyConfig(g.config, name, cmd.Flags())
 		},
 	}
 	root.SetArgs(args)
@@ -97,6 +113,7 @@ flag's name in capitals with '_' for '-', such as TAPSTREAM_CONNECT.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+	root.PersistentFlags().StringVar(&g.config, "config", "", "read flags from this file (name = value lines, [command] sections); the command line and environment win")
 	root.AddCommand(
 		newCollectorCmd(g),
 		newAgentCmd(g),
