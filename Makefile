@@ -44,7 +44,7 @@ FUZZ_TARGETS := \
 	FuzzParseToken:./internal/auth \
 	FuzzSanitizeName:./internal/source \
 	FuzzScan:./internal/spool \
-	FuzzPcapReader:./internal/capture \
+	FuzzPcapReader:./internal/pcapfile \
 	FuzzReader:./internal/pcapfile
 
 fuzz:

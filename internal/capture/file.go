@@ -12,6 +12,8 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/pcapgo"
+
+	"github.com/tapstream/tapstream/internal/pcapfile"
 )
 
 // FileConfig tunes a file replay.
@@ -27,8 +29,9 @@ type FileConfig struct {
 // the link type are passed on exactly as the file holds them.
 type fileSource struct {
 	f     *os.File
-	r     packetReader // pcapng and gzip files
-	pr    *pcapReader  // classic pcap files
+	r     packetReader         // pcapng and gzip files
+	pr    *pcapfile.PcapReader // classic pcap files
+	pp    pcapfile.Packet
 	info  Info
 	match *Matcher
 	speed float64
@@ -96,11 +99,11 @@ func (s *fileSource) open(path, filter string) error {
 		linkType, snaplen = uint32(pr.LinkType()), int(pr.Snaplen())
 		s.r = pr
 	} else {
-		pr, err := newPcapReader(br)
+		pr, err := pcapfile.NewPcapReader(br)
 		if err != nil {
 			return fmt.Errorf("read pcap %s: %w", path, err)
 		}
-		linkType, snaplen = pr.linkType, pr.snaplen
+		linkType, snaplen = pr.LinkType(), pr.Snaplen()
 		s.pr = pr
 	}
 	if snaplen <= 0 || snaplen > maxFileSnaplen {
@@ -158,7 +161,7 @@ func (s *fileSource) Next(p *Packet, deadline time.Time) error {
 func (s *fileSource) read(p *Packet) error {
 	if s.pr != nil {
 		for {
-			err := s.pr.next(p)
+			err := s.pr.Next(&s.pp)
 			if err != nil {
 				if errors.Is(err, io.ErrUnexpectedEOF) {
 					return fmt.Errorf("%s: file ends in the middle of a packet: %w", s.info.Interface, err)
@@ -168,7 +171,8 @@ func (s *fileSource) read(p *Packet) error {
 				}
 				return err
 			}
-			if s.match == nil || s.match.Match(p.Data) {
+			if s.match == nil || s.match.Match(s.pp.Data) {
+				p.Timestamp, p.OrigLen, p.Data = s.pp.Timestamp, s.pp.OrigLen, s.pp.Data
 				return nil
 			}
 		}

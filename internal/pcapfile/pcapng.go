@@ -9,7 +9,6 @@ import (
 const (
 	blockSHB = 0x0A0D0D0A
 	blockIDB = 0x00000001
-	blockSPB = 0x00000003
 	blockISB = 0x00000005
 	blockEPB = 0x00000006
 

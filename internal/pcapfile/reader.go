@@ -2,11 +2,12 @@ package pcapfile
 
 import (
 	"bufio"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/tapstream/tapstream/internal/wire"
 )
@@ -98,23 +99,13 @@ type Packet struct {
 	Interface int // pcapng interface; 0 for pcap
 }
 
-// Reader reads the packets of a pcap or pcapng file.
+// Reader reads the packets of a pcap file (with PcapReader) or a pcapng file
+// (with pcapgo), for extract.
 type Reader struct {
-	r          *bufio.Reader
-	c          io.Closer
-	format     Format
-	order      binary.ByteOrder
-	tsNano     bool        // pcap: nanosecond timestamps
-	interfaces []Interface // pcapng: the section's interfaces
-	units      []int64     // pcapng: per interface, ticks per second
-	buf        []byte
-	pkt        Packet
-	stats      []Stats
+	c    io.Closer
+	pcap *PcapReader
+	ng   *pcapgo.NgReader
 }
-
-// Stats returns the interface statistics blocks read so far, with the
-// interface each describes in Stats.Interface.
-func (r *Reader) Stats() []Stats { return r.stats }
 
 // Open opens a capture file and reads at most limit bytes of it (all of it
 // when limit <= 0), so that a file still being written is read only as far
@@ -139,50 +130,40 @@ func Open(path string, limit int64) (*Reader, error) {
 
 // NewReader reads a capture file from src.
 func NewReader(src io.Reader) (*Reader, error) {
-	r := &Reader{r: bufio.NewReaderSize(src, 1<<16)}
-	magic, err := r.r.Peek(4)
+	br := bufio.NewReaderSize(src, 1<<16)
+	magic, err := br.Peek(4)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadFile, err)
 	}
 	if le.Uint32(magic) == blockSHB {
-		r.format = Pcapng
-		if _, err := r.ngBlock(); err != nil && !errors.Is(err, errPacket) {
-			return nil, err
+		ng, err := pcapgo.NewNgReader(br, pcapgo.NgReaderOptions{WantMixedLinkType: true})
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrBadFile, err)
 		}
-		return r, nil
+		return &Reader{ng: ng}, nil
 	}
-	var h [HeaderLen]byte
-	if _, err := io.ReadFull(r.r, h[:]); err != nil {
-		return nil, fmt.Errorf("%w: header: %v", ErrBadFile, err)
+	pr, err := NewPcapReader(br)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadFile, err)
 	}
-	switch {
-	case le.Uint32(h[:]) == 0xa1b2c3d4:
-		r.order = binary.LittleEndian
-	case le.Uint32(h[:]) == MagicNanoseconds:
-		r.order, r.tsNano = binary.LittleEndian, true
-	case binary.BigEndian.Uint32(h[:]) == 0xa1b2c3d4:
-		r.order = binary.BigEndian
-	case binary.BigEndian.Uint32(h[:]) == MagicNanoseconds:
-		r.order, r.tsNano = binary.BigEndian, true
-	default:
-		return nil, fmt.Errorf("%w: unknown magic %#x", ErrBadFile, le.Uint32(h[:]))
-	}
-	r.interfaces = []Interface{{Snaplen: int(r.order.Uint32(h[16:])), LinkType: r.order.Uint32(h[20:]) & 0x0FFFFFFF}}
-	return r, nil
+	return &Reader{pcap: pr}, nil
 }
 
-// Format returns the file's format.
-func (r *Reader) Format() Format { return r.format }
-
-// Interfaces returns the interfaces seen so far (one for pcap).
-func (r *Reader) Interfaces() []Interface { return r.interfaces }
-
-// LinkType returns the link type of the first interface.
-func (r *Reader) LinkType() uint32 {
-	if len(r.interfaces) == 0 {
-		return 0
+// Interfaces returns the interfaces declared so far (one for pcap).
+func (r *Reader) Interfaces() []Interface {
+	if r.pcap != nil {
+		return []Interface{{LinkType: r.pcap.LinkType(), Snaplen: r.pcap.Snaplen()}}
 	}
-	return r.interfaces[0].LinkType
+	out := make([]Interface, r.ng.NInterfaces())
+	for i := range out {
+		ifc, _ := r.ng.Interface(i)
+		out[i] = Interface{LinkType: uint32(ifc.LinkType), Snaplen: int(ifc.SnapLength), Name: ifc.Name,
+			Description: ifc.Description, Filter: ifc.Filter, OS: ifc.OS}
+		if ifc.Comment != "" {
+			out[i].Comments = []string{ifc.Comment}
+		}
+	}
+	return out
 }
 
 // Close closes the file Open opened.
@@ -196,38 +177,14 @@ func (r *Reader) Close() error {
 // Next reads the next packet into p. It returns io.EOF at the end; a file
 // that ends inside a record (one still being written) ends there too.
 func (r *Reader) Next(p *Packet) error {
-	if r.format == Pcapng {
-		for {
-			_, err := r.ngBlock()
-			if errors.Is(err, errPacket) {
-				*p = r.pkt
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-		}
+	if r.pcap != nil {
+		return eof(r.pcap.Next(p))
 	}
-	var h [16]byte
-	if _, err := io.ReadFull(r.r, h[:]); err != nil {
+	data, ci, err := r.ng.ZeroCopyReadPacketData()
+	if err != nil {
 		return eof(err)
 	}
-	sec, frac := int64(r.order.Uint32(h[0:])), int64(r.order.Uint32(h[4:]))
-	caplen, orig := int(r.order.Uint32(h[8:])), int(r.order.Uint32(h[12:]))
-	if caplen > wire.MaxSnaplen {
-		return fmt.Errorf("%w: captured length %d", ErrBadFile, caplen)
-	}
-	if !r.tsNano {
-		frac *= 1000
-	}
-	if cap(r.buf) < caplen {
-		r.buf = make([]byte, caplen)
-	}
-	r.buf = r.buf[:caplen]
-	if _, err := io.ReadFull(r.r, r.buf); err != nil {
-		return eof(err)
-	}
-	*p = Packet{Timestamp: sec*1e9 + frac, OrigLen: orig, Data: r.buf}
+	*p = Packet{Timestamp: ci.Timestamp.UnixNano(), OrigLen: ci.Length, Data: data, Interface: ci.InterfaceIndex}
 	return nil
 }
 
@@ -236,169 +193,4 @@ func eof(err error) error {
 		return io.EOF
 	}
 	return err
-}
-
-// errPacket tells Next that ngBlock read a packet into r.pkt.
-var errPacket = errors.New("packet")
-
-// ngBlock reads one pcapng block. Section and interface blocks update the
-// reader; packets come back as errPacket with r.pkt set.
-func (r *Reader) ngBlock() (uint32, error) {
-	var h [8]byte
-	if _, err := io.ReadFull(r.r, h[:]); err != nil {
-		return 0, eof(err)
-	}
-	typ := le.Uint32(h[:])
-	if typ == blockSHB {
-		bom, err := r.r.Peek(4)
-		if err != nil {
-			return 0, eof(err)
-		}
-		if le.Uint32(bom) != byteOrderMagic {
-			return 0, fmt.Errorf("%w: big-endian pcapng sections are not supported", ErrBadFile)
-		}
-		r.interfaces, r.units = nil, nil
-	}
-	n := int(le.Uint32(h[4:]))
-	if n < 12 || n%4 != 0 || n > maxBlockLen {
-		return 0, fmt.Errorf("%w: block of type %#x has length %d", ErrBadFile, typ, n)
-	}
-	if cap(r.buf) < n-8 {
-		r.buf = make([]byte, n-8)
-	}
-	body := r.buf[:n-8]
-	if _, err := io.ReadFull(r.r, body); err != nil {
-		return 0, eof(err)
-	}
-	body = body[:len(body)-4] // trailing length
-	switch typ {
-	case blockIDB:
-		if len(body) < 8 {
-			return 0, fmt.Errorf("%w: short interface block", ErrBadFile)
-		}
-		ifc := Interface{LinkType: uint32(le.Uint16(body)), Snaplen: int(le.Uint32(body[4:]))}
-		unit := int64(1e6)
-		walkOptions(body[8:], func(code uint16, v []byte) {
-			switch code {
-			case ifName:
-				ifc.Name = string(v)
-			case ifDescription:
-				ifc.Description = string(v)
-			case ifFilter:
-				if len(v) > 0 {
-					ifc.Filter = string(v[1:])
-				}
-			case ifOS:
-				ifc.OS = string(v)
-			case optComment:
-				ifc.Comments = append(ifc.Comments, string(v))
-			case ifTsresol:
-				if len(v) == 1 {
-					unit = tsUnits(v[0])
-				}
-			}
-		})
-		r.interfaces = append(r.interfaces, ifc)
-		r.units = append(r.units, unit)
-	case blockEPB:
-		if len(body) < 20 {
-			return 0, fmt.Errorf("%w: short packet block", ErrBadFile)
-		}
-		id := int(le.Uint32(body))
-		if id >= len(r.interfaces) {
-			return 0, fmt.Errorf("%w: packet on undeclared interface %d", ErrBadFile, id)
-		}
-		ticks := int64(le.Uint32(body[4:]))<<32 | int64(le.Uint32(body[8:]))
-		caplen := int(le.Uint32(body[12:]))
-		if 20+caplen > len(body) {
-			return 0, fmt.Errorf("%w: packet block shorter than its captured length", ErrBadFile)
-		}
-		r.pkt = Packet{Timestamp: ticksToNanos(ticks, r.units[id]), OrigLen: int(le.Uint32(body[16:])),
-			Data: body[20 : 20+caplen], Interface: id}
-		return typ, errPacket
-	case blockISB:
-		if len(body) < 12 {
-			return 0, fmt.Errorf("%w: short statistics block", ErrBadFile)
-		}
-		st := Stats{Interface: int(le.Uint32(body)), Timestamp: int64(le.Uint32(body[4:]))<<32 | int64(le.Uint32(body[8:]))}
-		walkOptions(body[12:], func(code uint16, v []byte) {
-			var n uint64
-			if len(v) == 8 {
-				n = le.Uint64(v)
-			}
-			switch code {
-			case optComment:
-				st.Comment = string(v)
-			case isbStartTime, isbEndTime:
-				if len(v) == 8 {
-					ts := int64(le.Uint32(v))<<32 | int64(le.Uint32(v[4:]))
-					if code == isbStartTime {
-						st.Start = ts
-					} else {
-						st.End = ts
-					}
-				}
-			case isbIfRecv:
-				st.Received = n
-			case isbIfDrop:
-				st.InterfaceDrops = n
-			case isbOSDrop:
-				st.KernelDrops = n
-			case isbUsrDeliv:
-				st.Delivered = n
-			}
-		})
-		r.stats = append(r.stats, st)
-	case blockSPB:
-		if len(body) < 4 || len(r.interfaces) == 0 {
-			return 0, fmt.Errorf("%w: simple packet block without an interface", ErrBadFile)
-		}
-		orig := int(le.Uint32(body))
-		data := body[4:]
-		if orig < len(data) {
-			data = data[:orig]
-		}
-		r.pkt = Packet{OrigLen: orig, Data: data}
-		return typ, errPacket
-	}
-	return typ, nil
-}
-
-// tsUnits returns the ticks per second an if_tsresol value gives.
-func tsUnits(v byte) int64 {
-	exp := int(v & 0x7F)
-	if v&0x80 != 0 {
-		if exp > 62 {
-			exp = 62
-		}
-		return 1 << exp
-	}
-	u := int64(1)
-	for range min(exp, 18) {
-		u *= 10
-	}
-	return u
-}
-
-func ticksToNanos(ticks, unit int64) int64 {
-	if unit == 1e9 {
-		return ticks
-	}
-	sec, frac := ticks/unit, ticks%unit
-	return sec*1e9 + frac*1e9/unit
-}
-
-func walkOptions(b []byte, fn func(code uint16, v []byte)) {
-	for len(b) >= 4 {
-		code, n := le.Uint16(b), int(le.Uint16(b[2:]))
-		if code == optEnd || 4+n > len(b) {
-			return
-		}
-		fn(code, b[4:4+n])
-		next := 4 + (n+3)&^3
-		if next > len(b) {
-			return
-		}
-		b = b[next:]
-	}
 }

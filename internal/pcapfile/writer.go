@@ -219,7 +219,6 @@ type Stats struct {
 	KernelDrops    uint64 // isb_osdrop
 	Delivered      uint64 // isb_usrdeliv
 	Comment        string
-	Interface      int // set by Reader
 }
 
 // WriteStats appends a pcapng interface statistics block; pcap files have

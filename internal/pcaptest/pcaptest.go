@@ -5,6 +5,7 @@ package pcaptest
 import (
 	"bytes"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -14,6 +15,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 )
 
@@ -25,46 +28,54 @@ type Packet struct {
 	Data      []byte
 }
 
-// ReadFile reads every record of a pcap or pcapng file with pcapgo.
+// ReadFile reads every record of a pcap or pcapng file with pcapgo, and
+// fails the test if the file does not read cleanly to its end.
 func ReadFile(t testing.TB, path string) (linkType uint32, pkts []Packet) {
 	t.Helper()
-	f, err := os.Open(path)
+	linkType, pkts, err := Read(path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return linkType, pkts
+}
+
+// Read is ReadFile for code that is not the test's goroutine: it returns
+// the error (a torn last record is one).
+func Read(path string) (linkType uint32, pkts []Packet, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, nil, err
 	}
 	defer f.Close()
 	var magic [4]byte
 	if _, err := io.ReadFull(f, magic[:]); err != nil {
-		t.Fatalf("read %s: %v", path, err)
+		return 0, nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	f.Seek(0, io.SeekStart)
-	if bytes.Equal(magic[:], []byte{0x0a, 0x0d, 0x0d, 0x0a}) {
-		r, err := pcapgo.NewNgReader(f, pcapgo.DefaultNgReaderOptions)
-		if err != nil {
-			t.Fatalf("read %s: %v", path, err)
-		}
-		for {
-			data, ci, err := r.ReadPacketData()
-			if err == io.EOF {
-				return uint32(r.LinkType()), pkts
-			}
-			if err != nil {
-				t.Fatalf("read %s: %v", path, err)
-			}
-			pkts = append(pkts, Packet{ci.Timestamp.UnixNano(), ci.CaptureLength, ci.Length, data})
-		}
+	var r interface {
+		ReadPacketData() ([]byte, gopacket.CaptureInfo, error)
 	}
-	r, err := pcapgo.NewReader(f)
-	if err != nil {
-		t.Fatalf("read %s: %v", path, err)
+	var lt func() layers.LinkType
+	if bytes.Equal(magic[:], []byte{0x0a, 0x0d, 0x0d, 0x0a}) {
+		ng, err := pcapgo.NewNgReader(f, pcapgo.DefaultNgReaderOptions)
+		if err != nil {
+			return 0, nil, fmt.Errorf("read %s: %w", path, err)
+		}
+		r, lt = ng, ng.LinkType
+	} else {
+		pr, err := pcapgo.NewReader(f)
+		if err != nil {
+			return 0, nil, fmt.Errorf("read %s: %w", path, err)
+		}
+		r, lt = pr, pr.LinkType
 	}
 	for {
 		data, ci, err := r.ReadPacketData()
 		if err == io.EOF {
-			return uint32(r.LinkType()), pkts
+			return uint32(lt()), pkts, nil
 		}
 		if err != nil {
-			t.Fatalf("read %s: %v", path, err)
+			return uint32(lt()), pkts, fmt.Errorf("read %s: packet %d: %w", path, len(pkts), err)
 		}
 		pkts = append(pkts, Packet{ci.Timestamp.UnixNano(), ci.CaptureLength, ci.Length, data})
 	}

@@ -1,17 +1,19 @@
-package capture
+package pcapfile
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/tapstream/tapstream/internal/wire"
 )
 
-// pcapReader reads a classic pcap file a large block at a time and hands
-// out packets that point into its block: one read system call per few
-// megabytes and no copy per packet. (pcapgo, used for pcapng and gzip,
-// copies each packet through a bufio.Reader.)
-type pcapReader struct {
+// PcapReader reads a classic pcap file (either byte order, µs or ns) a
+// large block at a time and hands out packets that point into its block:
+// one read system call per few megabytes and no copy per packet. (pcapgo,
+// used for pcapng and gzip, copies each packet through a bufio.Reader.)
+type PcapReader struct {
 	r         io.Reader
 	order     binary.ByteOrder
 	le        bool  // little-endian: the common case, decoded without an interface call
@@ -27,14 +29,14 @@ type pcapReader struct {
 
 const pcapReadBlock = 4 << 20
 
-// newPcapReader reads the file header from r, which must start with a
+// NewPcapReader reads the file header from r, which must start with a
 // classic pcap magic number.
-func newPcapReader(r io.Reader) (*pcapReader, error) {
+func NewPcapReader(r io.Reader) (*PcapReader, error) {
 	var h [24]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return nil, fmt.Errorf("file header: %w", err)
 	}
-	p := &pcapReader{r: r, buf: make([]byte, pcapReadBlock), hdrOffset: 24}
+	p := &PcapReader{r: r, buf: make([]byte, pcapReadBlock), hdrOffset: 24}
 	switch binary.LittleEndian.Uint32(h[:]) {
 	case 0xa1b2c3d4:
 		p.order, p.nsFactor = binary.LittleEndian, 1000
@@ -58,7 +60,7 @@ func newPcapReader(r io.Reader) (*pcapReader, error) {
 }
 
 // fill makes at least n unread bytes available, unless the file ends.
-func (p *pcapReader) fill(n int) error {
+func (p *PcapReader) fill(n int) error {
 	for p.end-p.start < n {
 		if p.eof {
 			if p.end == p.start {
@@ -87,9 +89,16 @@ func (p *pcapReader) fill(n int) error {
 	return nil
 }
 
-// next returns the next packet; data points into the reader's block and
-// stays valid until the following call.
-func (p *pcapReader) next(pkt *Packet) error {
+// LinkType returns the file's link type (without the FCS flag bits).
+func (p *PcapReader) LinkType() uint32 { return p.linkType }
+
+// Snaplen returns the file's snaplen.
+func (p *PcapReader) Snaplen() int { return p.snaplen }
+
+// Next reads the next packet; its Data points into the reader's block and
+// stays valid until the following call. It returns io.EOF at the end and
+// io.ErrUnexpectedEOF when the file ends inside a record.
+func (p *PcapReader) Next(pkt *Packet) error {
 	if err := p.fill(16); err != nil {
 		return err
 	}
@@ -107,8 +116,8 @@ func (p *pcapReader) next(pkt *Packet) error {
 		caplen = int(binary.BigEndian.Uint32(h[8:]))
 		origLen = int(binary.BigEndian.Uint32(h[12:]))
 	}
-	if caplen > maxFileSnaplen {
-		return fmt.Errorf("record at offset %d: captured length %d exceeds %d", p.hdrOffset, caplen, maxFileSnaplen)
+	if caplen > wire.MaxSnaplen {
+		return fmt.Errorf("record at offset %d: captured length %d exceeds %d", p.hdrOffset, caplen, wire.MaxSnaplen)
 	}
 	if err := p.fill(16 + caplen); err != nil {
 		if errors.Is(err, io.EOF) {

@@ -1,4 +1,4 @@
-package capture
+package pcapfile
 
 import (
 	"bytes"
@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"testing"
+
+	"github.com/tapstream/tapstream/internal/wire"
 )
 
 // FuzzPcapReader: replayed files can be anything; the block reader never
@@ -15,20 +17,20 @@ func FuzzPcapReader(f *testing.F) {
 	f.Add(pcapBytes(binary.BigEndian, false, [][]byte{{1}}, []int64{5e9}, []int{9000}))
 	f.Add([]byte{0xd4, 0xc3, 0xb2, 0xa1})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r, err := newPcapReader(bytes.NewReader(data))
+		r, err := NewPcapReader(bytes.NewReader(data))
 		if err != nil {
 			return
 		}
 		var p Packet
 		for i := 0; ; i++ {
-			err := r.next(&p)
+			err := r.Next(&p)
 			if err != nil {
 				if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && err.Error() == "" {
 					t.Fatal("empty error")
 				}
 				return
 			}
-			if len(p.Data) > maxFileSnaplen || len(p.Data) > len(data) || p.OrigLen < len(p.Data) {
+			if len(p.Data) > wire.MaxSnaplen || len(p.Data) > len(data) || p.OrigLen < len(p.Data) {
 				t.Fatalf("packet %d: %d bytes, orig %d, from %d bytes of file", i, len(p.Data), p.OrigLen, len(data))
 			}
 		}

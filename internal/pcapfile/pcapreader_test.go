@@ -1,4 +1,4 @@
-package capture
+package pcapfile
 
 import (
 	"bytes"
@@ -56,28 +56,28 @@ func TestPcapReaderFormats(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			data := pcapBytes(tc.order, tc.nanos, recs, ts, orig)
 			// A reader that returns a few bytes at a time exercises refills.
-			r, err := newPcapReader(&slowReader{data: data, step: 7})
+			r, err := NewPcapReader(&slowReader{data: data, step: 7})
 			if err != nil {
 				t.Fatal(err)
 			}
 			r.buf = make([]byte, 64) // smaller than a packet: must grow
 			var p Packet
 			for i := range recs {
-				if err := r.next(&p); err != nil {
+				if err := r.Next(&p); err != nil {
 					t.Fatalf("packet %d: %v", i, err)
 				}
 				if p.Timestamp != ts[i] || p.OrigLen != orig[i] || !bytes.Equal(p.Data, recs[i]) {
 					t.Fatalf("packet %d = {%d %d %d bytes}, want {%d %d %d bytes}", i, p.Timestamp, p.OrigLen, len(p.Data), ts[i], orig[i], len(recs[i]))
 				}
 			}
-			if err := r.next(&p); !errors.Is(err, io.EOF) {
+			if err := r.Next(&p); !errors.Is(err, io.EOF) {
 				t.Fatalf("after the last packet: %v, want EOF", err)
 			}
 			// Cut in the middle of the last record's header.
-			r, _ = newPcapReader(bytes.NewReader(data[:len(data)-10]))
-			r.next(&p)
-			r.next(&p)
-			if err := r.next(&p); !errors.Is(err, io.ErrUnexpectedEOF) {
+			r, _ = NewPcapReader(bytes.NewReader(data[:len(data)-10]))
+			r.Next(&p)
+			r.Next(&p)
+			if err := r.Next(&p); !errors.Is(err, io.ErrUnexpectedEOF) {
 				t.Fatalf("truncated file: %v, want ErrUnexpectedEOF", err)
 			}
 		})
