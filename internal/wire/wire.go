@@ -172,14 +172,22 @@ type Summary struct {
 // Validate checks that payload is a whole number of well-formed records with
 // captured lengths at most snaplen, and summarises it. It never allocates.
 func Validate(payload []byte, snaplen int) (Summary, error) {
+	_, s, err := scan(payload, snaplen)
+	return s, err
+}
+
+// scan walks the records of p from its start and stops at the end or at
+// the first malformed record, saying where and why.
+func scan(p []byte, snaplen int) (int, Summary, error) {
 	var s Summary
 	if snaplen <= 0 || snaplen > MaxSnaplen {
 		snaplen = MaxSnaplen
 	}
-	for off := 0; off < len(payload); {
-		ts, caplen, _, err := parseHeader(payload, off, snaplen)
+	off := 0
+	for off < len(p) {
+		ts, caplen, _, err := parseHeader(p, off, snaplen)
 		if err != nil {
-			return s, err
+			return off, s, err
 		}
 		if s.Packets == 0 {
 			s.First = ts
@@ -189,7 +197,7 @@ func Validate(payload []byte, snaplen int) (Summary, error) {
 		s.CapturedBytes += int64(caplen)
 		off += RecordHeaderLen + caplen
 	}
-	return s, nil
+	return off, s, nil
 }
 
 func parseHeader(p []byte, off, snaplen int) (ts int64, caplen, origLen int, err error) {
@@ -220,24 +228,7 @@ func parseHeader(p []byte, off, snaplen int) (ts int64, caplen, origLen int, err
 // whole, well-formed records, and a summary of them. Recovery uses it to
 // find where a torn write begins.
 func CompletePrefix(p []byte, snaplen int) (int, Summary) {
-	var s Summary
-	if snaplen <= 0 || snaplen > MaxSnaplen {
-		snaplen = MaxSnaplen
-	}
-	off := 0
-	for off < len(p) {
-		ts, caplen, _, err := parseHeader(p, off, snaplen)
-		if err != nil {
-			break
-		}
-		if s.Packets == 0 {
-			s.First = ts
-		}
-		s.Last = ts
-		s.Packets++
-		s.CapturedBytes += int64(caplen)
-		off += RecordHeaderLen + caplen
-	}
+	off, s, _ := scan(p, snaplen)
 	return off, s
 }
 
