@@ -66,16 +66,7 @@ compile.`,
 					return usageError{err}
 				}
 			}
-			st, err := openCatalog(data)
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-			srcs, err := selectSources(cmd.Context(), st, sources)
-			if err != nil {
-				return err
-			}
-			files, err := st.Files(cmd.Context(), store.FileOpen, store.FileClosed)
+			srcs, files, err := loadCatalog(cmd.Context(), data, sources, store.FileOpen, store.FileClosed)
 			if err != nil {
 				return err
 			}

@@ -18,13 +18,30 @@ import (
 	"github.com/tapstream/tapstream/internal/store"
 )
 
-// openCatalog opens the state database of an existing data directory.
+// openCatalog opens the state database of a data directory a collector
+// has used: unlike openStore, it does not make an empty one.
 func openCatalog(data string) (*store.Store, error) {
 	path := filepath.Join(data, "tapstream.db")
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil, usagef("no catalog at %s: is %s the collector's --data directory?", path, data)
 	}
-	return store.Open(path, store.Options{})
+	return openStore(data)
+}
+
+// loadCatalog reads the sources asked for (all when none) and the catalog
+// entries in the given states (all when none).
+func loadCatalog(ctx context.Context, data string, sources []string, states ...store.FileState) (map[string]store.Source, []store.File, error) {
+	st, err := openCatalog(data)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer st.Close()
+	srcs, err := selectSources(ctx, st, sources)
+	if err != nil {
+		return nil, nil, err
+	}
+	files, err := st.Files(ctx, states...)
+	return srcs, files, err
 }
 
 // selectSources resolves --source names or UUIDs; none selects every
@@ -90,16 +107,7 @@ shown with --all).`,
 			if err != nil {
 				return err
 			}
-			st, err := openCatalog(data)
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-			srcs, err := selectSources(cmd.Context(), st, sources)
-			if err != nil {
-				return err
-			}
-			files, err := st.Files(cmd.Context())
+			srcs, files, err := loadCatalog(cmd.Context(), data, sources)
 			if err != nil {
 				return err
 			}

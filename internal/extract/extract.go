@@ -136,8 +136,10 @@ func (h *cursors) Pop() any {
 }
 
 // Run writes the packets of sources within the window that pass the
-// filter to w, merged in time order. A bad filter comes back as a
-// *capture.FilterError before anything is written.
+// filter to w, merged in time order. The filter is compiled for each
+// source's link type: a bad one comes back as a *capture.FilterError before
+// anything is written, once some source has packets in the window (check it
+// first with capture.CheckFilter to tell it from an empty window).
 func Run(ctx context.Context, sources []Source, o Options, w io.Writer) (Stats, error) {
 	var st Stats
 	var h cursors
@@ -173,12 +175,6 @@ func Run(ctx context.Context, sources []Source, o Options, w io.Writer) (Stats, 
 		all = append(all, c)
 	}
 	if len(all) == 0 {
-		if o.Filter != "" {
-			// Still tell a bad filter from an empty window.
-			if _, err := capture.CompileFilter(capture.LinkTypeEthernet, 65535, o.Filter); err != nil {
-				return st, err
-			}
-		}
 		return st, ErrNoData
 	}
 	opts := pcapfile.Options{Format: o.Format, Section: pcapfile.Section{Application: "tapstream extract"}}
