@@ -209,7 +209,7 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	}
 	var written int64
 	if sum.Packets > 0 {
-		if written, err = s.write(stream.Context(), b.Seq, records, sum.Packets); err != nil {
+		if written, err = s.write(stream.Context(), b.Seq, records, sum); err != nil {
 			if _, ok := status.FromError(err); ok {
 				return err
 			}
@@ -298,22 +298,21 @@ func (s *session) ack(stream pb.Capture_StreamServer, seq uint64) error {
 	return stream.Send(&pb.CollectorMessage{Msg: &pb.CollectorMessage_Ack{Ack: &pb.Ack{Seq: seq}}})
 }
 
-// write appends records to the session's file and returns the bytes
-// written. It rotates first when the file is due, holds the batch (without
+// write appends records, which sum describes, to the session's file and
+// returns the bytes written. It rotates first when the file is due, holds the batch (without
 // acking) while storage is paused, and pauses storage when the disk is full.
-func (s *session) write(ctx context.Context, seq uint64, records []byte, packets int) (int64, error) {
+func (s *session) write(ctx context.Context, seq uint64, records []byte, sum wire.Summary) (int64, error) {
 	for {
 		if err := s.waitForSpace(ctx, seq); err != nil {
 			return 0, err
 		}
-		if s.w != nil && s.rotateDue(len(records), packets) {
+		if s.w != nil && s.rotateDue(len(records), sum.Packets) {
 			if err := s.closeFile(); err != nil {
 				return 0, err
 			}
 		}
 		if s.w == nil {
-			first, _, _, _ := firstTimestamp(records)
-			if err := s.create(first); err != nil {
+			if err := s.create(sum.First); err != nil {
 				if isNoSpace(err) {
 					s.srv.pauseWrites(err.Error())
 					continue
@@ -409,18 +408,6 @@ func (s *session) ageC() <-chan time.Time {
 		return nil
 	}
 	return s.ageTimer.C
-}
-
-// firstTimestamp returns the timestamp of the first record.
-func firstTimestamp(records []byte) (int64, int, int, error) {
-	var r wire.Reader
-	r.Reset(records)
-	var rec wire.Record
-	ok, err := r.Next(&rec)
-	if !ok {
-		return 0, 0, 0, err
-	}
-	return rec.Timestamp, len(rec.Data), rec.OrigLen, nil
 }
 
 // fileTimeFormat names files by their first packet's UTC time, so that
