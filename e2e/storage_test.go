@@ -182,8 +182,17 @@ func (w *watcher) stop() {
 	<-w.done
 }
 
-func (w *watcher) result() (map[string][]int, []string) {
-	time.Sleep(300 * time.Millisecond) // the last events
+// result returns what the watcher has seen once it has taken in want
+// files (or after a few seconds, for the test to say what is missing).
+func (w *watcher) result(want int) (map[string][]int, []string) {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		w.mu.Lock()
+		n := len(w.seen)
+		w.mu.Unlock()
+		if n >= want {
+			break
+		}
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	seen := map[string][]int{}
@@ -226,11 +235,11 @@ func TestArkimeMonitorSeesEachFileOnce(t *testing.T) {
 	if code := c.wait(20 * time.Second); code != 0 {
 		t.Fatalf("collector exited %d", code)
 	}
-	seen, errs := w.result()
+	files := catalog(t, data)
+	seen, errs := w.result(len(files))
 	for _, e := range errs {
 		t.Error(e)
 	}
-	files := catalog(t, data)
 	perSource := map[string]int{}
 	nFiles := map[string]int{}
 	for _, f := range files {
@@ -486,7 +495,10 @@ func TestRetentionOnSmallDisk(t *testing.T) {
 	if a.exit != 0 {
 		t.Fatalf("agent exited %d", a.exit)
 	}
-	time.Sleep(3 * time.Second) // a storage check after the last file closed
+	// Retention runs when a file closes: wait for it to catch up.
+	for deadline := time.Now().Add(10 * time.Second); pcapBytes(filepath.Join(data, "pcap")) > maxStorage && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
 	c.signal(syscall.SIGTERM)
 	if code := c.wait(20 * time.Second); code != 0 {
 		t.Fatalf("collector exited %d", code)
@@ -554,13 +566,12 @@ func TestDiskFullPausesAndResumes(t *testing.T) {
 			a := start(t, nil, "agent", "agent", "--insecure", "--connect", addr, "--batch-size", "64KB", "--snaplen", "2048",
 				"--status-interval", "1s", "--source", "file:"+trace+":name=full")
 			c.waitLog(`STORAGE FULL`, 60*time.Second)
-			time.Sleep(3 * time.Second)
+			// The agent goes on waiting, says it is not being acked, and
+			// keeps its packets in its spool.
+			a.waitLog(`status: the collector acked nothing.* spool_bytes=[1-9]`, 10*time.Second)
 			if a.exited() {
 				t.Fatalf("agent exited (%d) while the collector was full; it should wait", a.exit)
 			}
-			// The agent says it is not being acked, and keeps its packets
-			// in its spool.
-			a.waitLog(`status: the collector acked nothing.* spool_bytes=[1-9]`, 5*time.Second)
 			src := start(t, nil, "sources", "sources", "--data", data)
 			src.wait(10 * time.Second)
 			if !strings.Contains(src.output(), "paused (storage full") {
