@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -51,8 +52,11 @@ const retentionBatch = 256
 // storageInterval is how often the storage manager looks at the disk.
 const storageInterval = 2 * time.Second
 
-// gate holds every writer while storage is full.
+// gate holds every writer while storage is full. Writers look at it once
+// per batch: an atomic load, so sources never contend on it while storage
+// is fine.
 type gate struct {
+	closed  atomic.Bool // paused, read without the lock
 	mu      sync.Mutex
 	paused  bool
 	reason  string
@@ -69,6 +73,7 @@ func (g *gate) pause(reason string) bool {
 	}
 	g.paused, g.reason, g.since = true, reason, time.Now()
 	g.resumed = make(chan struct{})
+	g.closed.Store(true)
 	return true
 }
 
@@ -81,6 +86,7 @@ func (g *gate) resume() (bool, time.Duration) {
 		return false, 0
 	}
 	g.paused = false
+	g.closed.Store(false)
 	close(g.resumed)
 	return true, time.Since(g.since)
 }
@@ -88,6 +94,9 @@ func (g *gate) resume() (bool, time.Duration) {
 // state returns whether writes are paused and why; when they are, the
 // channel closes when they resume.
 func (g *gate) state() (bool, string, <-chan struct{}) {
+	if !g.closed.Load() {
+		return false, "", nil
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.paused, g.reason, g.resumed
