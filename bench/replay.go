@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"syscall"
 	"time"
 )
 
@@ -93,12 +94,17 @@ func benchReplay(c *config, rep *report) error {
 			{"tapstream", func(i int) (usage, error) { return agentOnce(c, plain, t, fmt.Sprintf("plain%d-%d", t.size, i)) }},
 			{"tapstream TLS", func(i int) (usage, error) { return agentOnce(c, secure, t, fmt.Sprintf("tls%d-%d", t.size, i)) }},
 		}
-		// Rounds of every tool in turn, so that the machine's slow moments
-		// (page cache writeback, neighbours) fall on all of them alike.
+		// Rounds of every tool in turn, each round starting with the next
+		// tool, so that the machine's slow moments (neighbours) fall on all
+		// of them alike; and each run starts with the page cache written
+		// back, so that no tool pays for the previous one's writes.
 		walls := make([][]time.Duration, len(tools))
 		cpus := make([]time.Duration, len(tools))
 		for i := range runs {
-			for k, tool := range tools {
+			for j := range tools {
+				k := (i + j) % len(tools)
+				tool := tools[k]
+				syscall.Sync()
 				u, err := tool.once(i)
 				if err != nil {
 					return fmt.Errorf("%s: %w", tool.name, err)
