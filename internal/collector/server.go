@@ -52,9 +52,12 @@ const (
 	maxRecordsPerBatch = 1 << 20
 )
 
-// HTTP/2 flow-control windows for agent streams.
+// HTTP/2 flow-control windows for agent streams. A stream's window is what
+// the collector buffers for a source it has not caught up with, so it is
+// the largest part of its memory per source: 4 MiB keeps four 1 MiB
+// batches in flight (about 300 Mbit/s per source at 100 ms round trip).
 const (
-	streamWindow = 8 << 20
+	streamWindow = 4 << 20
 	connWindow   = 32 << 20
 )
 
