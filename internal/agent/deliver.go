@@ -43,6 +43,12 @@ func (r *sourceRun) deliver(ctx context.Context) error {
 			r.log.Error("collector refused this source; giving up", "reason", perm.Reason, "err", perm.Msg)
 			return err
 		}
+		if status.Code(err) == codes.InvalidArgument {
+			// The collector rejected what was sent; sending it again
+			// would be rejected the same way.
+			r.log.Error("collector rejected a message from this agent; giving up", "err", err)
+			return fmt.Errorf("collector rejected the stream (not retrying: the same data would be rejected again): %w", err)
+		}
 		if r.a.cfg.DisableRetry {
 			return fmt.Errorf("stream to collector %s: %w (not retrying: --disable-retry)", r.a.cfg.Connect, err)
 		}

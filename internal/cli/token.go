@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"os"
 	"text/tabwriter"
 	"time"
 
@@ -138,5 +139,12 @@ func openStore(data string) (*store.Store, error) {
 	if err := mustBeDir(data); err != nil {
 		return nil, err
 	}
-	return store.Open(data+"/tapstream.db", store.Options{})
+	st, err := store.Open(data+"/tapstream.db", store.Options{})
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range st.Repairs() {
+		fmt.Fprintf(os.Stderr, "warning: state database: repaired a value out of range: %s\n", r)
+	}
+	return st, nil
 }

@@ -192,6 +192,9 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, r := range st.Repairs() {
+		cfg.Logger.Warn("state database: repaired a value out of range (counters of this row may be wrong)", "row", r)
+	}
 	s := &Server{
 		cfg:      cfg,
 		log:      cfg.Logger,

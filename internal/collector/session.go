@@ -158,6 +158,9 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	if b == nil {
 		return status.Errorf(codes.InvalidArgument, "unexpected %T after Hello", m.GetMsg())
 	}
+	if err := checkBatchBounds(b); err != nil {
+		return err
+	}
 	if !s.known {
 		if b.Seq == 0 {
 			return status.Error(codes.InvalidArgument, "batch seq 0: seqs start at 1")
@@ -221,6 +224,12 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 			Bytes: uint64(sum.CapturedBytes), FirstTS: sum.First, LastTS: sum.Last}
 	}
 	if err := s.srv.store.CommitBatch(stream.Context(), commit); err != nil {
+		if errors.Is(err, store.ErrCounterRange) {
+			if sum.Packets > 0 {
+				s.w.Rewind(s.w.Size() - written)
+			}
+			return status.Errorf(codes.InvalidArgument, "batch %d: %v", b.Seq, err)
+		}
 		s.log.Error("recording batch failed", "seq", b.Seq, "err", err)
 		if sum.Packets > 0 {
 			// Cut the file back: what is past its recorded size must be
@@ -252,6 +261,31 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 			"interface_drops", b.InterfaceDrops, "agent_drops", b.AgentDrops)
 	}
 	return s.ack(stream, b.Seq)
+}
+
+// Bounds on what one batch can mean. Seqs and counters are stored as
+// SQLite integers (signed 64-bit); drops are what was lost since the
+// previous batch, which even at 100 Mpps for a month stays below 2^48.
+const (
+	maxSeq           = 1<<63 - 1
+	maxDropsPerBatch = 1 << 48
+)
+
+// checkBatchBounds refuses, permanently, a batch whose numbers cannot be
+// valid: sending it again cannot help, so the status is InvalidArgument.
+func checkBatchBounds(b *pb.Batch) error {
+	if b.Seq > maxSeq {
+		return status.Errorf(codes.InvalidArgument, "batch seq %d over the limit of %d", b.Seq, uint64(maxSeq))
+	}
+	for _, d := range []struct {
+		name string
+		n    uint64
+	}{{"kernel_drops", b.KernelDrops}, {"interface_drops", b.InterfaceDrops}, {"agent_drops", b.AgentDrops}} {
+		if d.n > maxDropsPerBatch {
+			return status.Errorf(codes.InvalidArgument, "batch %d: %s %d over the limit of %d for one batch", b.Seq, d.name, d.n, uint64(maxDropsPerBatch))
+		}
+	}
+	return nil
 }
 
 // maxRecordsLength bounds a batch once decompressed.

@@ -13,6 +13,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"time"
 
@@ -94,6 +95,69 @@ type Store struct {
 	commit chan *commitReq
 	done   chan struct{}
 	sync   bool
+	// repairs says what Open found out of range and set right.
+	repairs []string
+}
+
+// Repairs describes the values Open found out of range in the database
+// (a sum that overflowed, a negative count) and set right, one line each.
+func (s *Store) Repairs() []string { return s.repairs }
+
+// numericColumns are the columns readers scan into Go integers; unsigned
+// ones must also not be negative.
+var numericColumns = []struct {
+	table, key string
+	cols       []string
+	unsigned   bool
+}{
+	{"sources", "uuid", []string{"last_seq", "partial_seq", "partial_records", "packets", "bytes", "batches", "duplicates",
+		"kernel_drops", "interface_drops", "agent_drops"}, true},
+	{"sources", "uuid", []string{"first_seen", "last_seen"}, false},
+	{"files", "id", []string{"link_type", "snaplen", "size", "packets", "bytes"}, true},
+	{"files", "id", []string{"first_ts", "last_ts", "created_at", "closed_at", "deleted_at"}, false},
+}
+
+// repair sets right every value that a reader could not scan: a float
+// (an integer sum that overflowed in an older version), text, NULL, or a
+// negative count. Floats and out-of-range values become MaxCounter, others
+// zero. It reports each change, so the collector never refuses to start
+// over its own state.
+func repair(db *sql.DB) ([]string, error) {
+	var out []string
+	for _, t := range numericColumns {
+		for _, c := range t.cols {
+			bad := fmt.Sprintf("typeof(%s) != 'integer'", c)
+			if t.unsigned {
+				bad += fmt.Sprintf(" OR %s < 0", c)
+			}
+			rows, err := db.Query(fmt.Sprintf(`SELECT %s, quote(%s) FROM %s WHERE %s`, t.key, c, t.table, bad))
+			if err != nil {
+				return nil, fmt.Errorf("check %s.%s: %w", t.table, c, err)
+			}
+			var found []string
+			for rows.Next() {
+				var key, val string
+				if err := rows.Scan(&key, &val); err != nil {
+					rows.Close()
+					return nil, err
+				}
+				found = append(found, fmt.Sprintf("%s %s: %s was %s", t.table, key, c, val))
+			}
+			rows.Close()
+			if len(found) == 0 {
+				continue
+			}
+			fix := fmt.Sprintf(`UPDATE %[1]s SET %[2]s = CASE
+				WHEN typeof(%[2]s) = 'real' AND %[2]s >= %[3]d THEN %[3]d
+				WHEN typeof(%[2]s) = 'real' AND %[2]s > 0 THEN CAST(%[2]s AS INTEGER)
+				ELSE 0 END WHERE %[4]s`, t.table, c, MaxCounter, bad)
+			if _, err := db.Exec(fix); err != nil {
+				return nil, fmt.Errorf("repair %s.%s: %w", t.table, c, err)
+			}
+			out = append(out, found...)
+		}
+	}
+	return out, nil
 }
 
 // Options tune Open.
@@ -123,7 +187,12 @@ func Open(path string, o Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("state database %s: %w", path, err)
 	}
-	s := &Store{db: db, commit: make(chan *commitReq, 256), done: make(chan struct{}), sync: o.Sync}
+	repairs, err := repair(db)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("state database %s: %w", path, err)
+	}
+	s := &Store{db: db, commit: make(chan *commitReq, 256), done: make(chan struct{}), sync: o.Sync, repairs: repairs}
 	go s.committer()
 	return s, nil
 }
@@ -425,6 +494,17 @@ type commitReq struct {
 // and the file's new size, in a transaction shared with concurrent callers.
 // It returns once the transaction is committed.
 func (s *Store) CommitBatch(ctx context.Context, c BatchCommit) error {
+	// Checked here, not in the shared transaction: one bad commit must
+	// not fail the others grouped with it.
+	if c.Seq > math.MaxInt64 {
+		return fmt.Errorf("%w: seq %d", ErrCounterRange, c.Seq)
+	}
+	if err := c.Counters.check(); err != nil {
+		return err
+	}
+	if f := &c.File; f.Packets > MaxIncrement || f.Bytes > MaxIncrement || f.Size < 0 || f.Size > MaxIncrement {
+		return fmt.Errorf("%w: file delta %+v", ErrCounterRange, *f)
+	}
 	req := &commitReq{c: c, done: make(chan error, 1)}
 	select {
 	case s.commit <- req:
@@ -479,9 +559,9 @@ func (s *Store) apply(group []*commitReq) error {
 		c := &r.c
 		k := &c.Counters
 		if _, err := tx.Exec(`UPDATE sources SET last_seq = ?, partial_seq = 0, partial_records = 0, last_seen = ?,
-			packets = packets + ?, bytes = bytes + ?, batches = batches + ?, duplicates = duplicates + ?,
-			kernel_drops = kernel_drops + ?, interface_drops = interface_drops + ?, agent_drops = agent_drops + ?
-			WHERE uuid = ?`, c.Seq, now, k.Packets, k.Bytes, k.Batches, k.Duplicates, k.KernelDrops, k.InterfaceDrops,
+			`+addCapped("packets")+`, `+addCapped("bytes")+`, `+addCapped("batches")+`, `+addCapped("duplicates")+`,
+			`+addCapped("kernel_drops")+`, `+addCapped("interface_drops")+`, `+addCapped("agent_drops")+`
+			WHERE uuid = ?`, int64(c.Seq), now, k.Packets, k.Bytes, k.Batches, k.Duplicates, k.KernelDrops, k.InterfaceDrops,
 			k.AgentDrops, c.SourceUUID); err != nil {
 			return fmt.Errorf("state database: %w", err)
 		}
@@ -502,6 +582,32 @@ func (s *Store) apply(group []*commitReq) error {
 
 // AddDuplicates adds to a source's count of batches received twice.
 func (s *Store) AddDuplicates(ctx context.Context, uuid string, n uint64) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE sources SET duplicates = duplicates + ? WHERE uuid = ?`, n, uuid)
+	_, err := s.db.ExecContext(ctx, `UPDATE sources SET `+addCapped("duplicates")+` WHERE uuid = ?`, min(n, MaxIncrement), uuid)
 	return err
+}
+
+// Counters and seqs are SQLite integers, signed 64-bit: a sum past that
+// would turn into a float, which no reader could scan. Totals stop at
+// MaxCounter and one update adds at most MaxIncrement, so no sum overflows.
+const (
+	MaxCounter   = 1 << 62
+	MaxIncrement = 1 << 60
+)
+
+// addCapped is the SQL that adds a parameter to column col, saturating at
+// MaxCounter.
+func addCapped(col string) string {
+	return fmt.Sprintf("%s = MIN(%s + ?, %d)", col, col, MaxCounter)
+}
+
+// ErrCounterRange is a counter increment or seq that cannot be valid.
+var ErrCounterRange = errors.New("counter out of range")
+
+func (c *Counters) check() error {
+	for _, v := range []uint64{c.Packets, c.Bytes, c.Batches, c.Duplicates, c.KernelDrops, c.InterfaceDrops, c.AgentDrops} {
+		if v > MaxIncrement {
+			return fmt.Errorf("%w: increment %d over %d", ErrCounterRange, v, uint64(MaxIncrement))
+		}
+	}
+	return nil
 }

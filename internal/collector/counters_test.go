@@ -1,0 +1,128 @@
+package collector
+
+import (
+	"context"
+	"database/sql"
+	"path/filepath"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/tapstream/tapstream/internal/store"
+	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
+)
+
+// A batch with counters no batch can mean is refused for good, is not
+// recorded, and leaves the catalog readable and the collector able to
+// start again.
+func TestHostileCountersCannotBrickTheCatalog(t *testing.T) {
+	tc := startCollector(t, nil)
+	c := dial(t, tc.addr)
+	hello := newHello("victim")
+	s, _ := welcome(t, c, hello)
+	s.send(batchMsg(1, packets(0, 10)))
+	s.wantAck(1)
+
+	cases := []struct {
+		name string
+		mod  func(*pb.Batch)
+		want string
+	}{
+		{"kernel drops near 2^63", func(b *pb.Batch) { b.KernelDrops = 1<<63 - 10 }, "kernel_drops"},
+		{"interface drops 2^64-1", func(b *pb.Batch) { b.InterfaceDrops = 1<<64 - 1 }, "interface_drops"},
+		{"agent drops over a batch's worth", func(b *pb.Batch) { b.AgentDrops = maxDropsPerBatch + 1 }, "agent_drops"},
+		{"seq 2^63", func(b *pb.Batch) { b.Seq = 1 << 63 }, "seq"},
+	}
+	for _, cs := range cases {
+		t.Run(cs.name, func(t *testing.T) {
+			h := newHello("attacker")
+			s, _ := welcome(t, c, h)
+			s.send(batchMsg(1, packets(0, 1)))
+			s.wantAck(1)
+			m := batchMsg(2, packets(1, 1))
+			cs.mod(m.GetBatch())
+			s.send(m)
+			s.wantCode(codes.InvalidArgument, cs.want)
+		})
+	}
+	// Two of the largest batches allowed, many times over, never overflow.
+	h := newHello("heavy-drops")
+	s2, _ := welcome(t, c, h)
+	for seq := uint64(1); seq <= 40; seq++ {
+		m := batchMsg(seq, packets(int(seq), 1))
+		m.GetBatch().KernelDrops = maxDropsPerBatch
+		m.GetBatch().AgentDrops = maxDropsPerBatch
+		s2.send(m)
+		s2.wantAck(seq)
+	}
+	if err := s2.wantEnd(); err != nil {
+		t.Fatal(err)
+	}
+	srcs, err := tc.srv.Sources(context.Background())
+	if err != nil {
+		t.Fatalf("sources after hostile counters: %v", err)
+	}
+	for _, src := range srcs {
+		if src.Name == "heavy-drops" && src.KernelDrops != 40*maxDropsPerBatch {
+			t.Errorf("heavy-drops kernel drops %d, want %d", src.KernelDrops, uint64(40*maxDropsPerBatch))
+		}
+		if src.KernelDrops > store.MaxCounter || src.AgentDrops > store.MaxCounter {
+			t.Errorf("source %s: drops past the cap: %+v", src.Name, src.Counters)
+		}
+	}
+	tc.stop()
+	tc2 := startCollector(t, func(c *Config) { c.DataDir = tc.data })
+	if _, err := tc2.srv.Sources(context.Background()); err != nil {
+		t.Fatalf("restarted collector cannot read its sources: %v", err)
+	}
+}
+
+// A database an older version left with a float sum (or a negative count)
+// is repaired at start, reported, and readable again.
+func TestBrickedCatalogIsRepairedAtStart(t *testing.T) {
+	tc := startCollector(t, nil)
+	c := dial(t, tc.addr)
+	s, _ := welcome(t, c, newHello("web1"))
+	s.send(batchMsg(1, packets(0, 5)))
+	s.wantAck(1)
+	if err := s.wantEnd(); err != nil {
+		t.Fatal(err)
+	}
+	tc.stop()
+
+	db, err := sql.Open("sqlite", filepath.Join(tc.data, "tapstream.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What SQLite made of two sums near 2^63: a float.
+	if _, err := db.Exec(`UPDATE sources SET kernel_drops = 1.8446744073709552e19, agent_drops = -5`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE files SET packets = 'x'`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	st, err := store.Open(filepath.Join(tc.data, "tapstream.db"), store.Options{})
+	if err != nil {
+		t.Fatalf("open a bricked catalog: %v", err)
+	}
+	if got := len(st.Repairs()); got != 3 {
+		t.Errorf("repairs reported: %d (%q), want 3", got, st.Repairs())
+	}
+	srcs, err := st.Sources(context.Background())
+	if err != nil {
+		t.Fatalf("sources after repair: %v", err)
+	}
+	if len(srcs) != 1 || srcs[0].KernelDrops != store.MaxCounter || srcs[0].AgentDrops != 0 || srcs[0].Packets != 5 {
+		t.Errorf("after repair: %+v", srcs)
+	}
+	if _, err := st.Files(context.Background()); err != nil {
+		t.Errorf("files after repair: %v", err)
+	}
+	st.Close()
+	tc2 := startCollector(t, func(c *Config) { c.DataDir = tc.data })
+	if _, err := tc2.srv.Sources(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
