@@ -41,6 +41,7 @@ type collectorFlags struct {
 	rotatePackets uint64
 	maxStorage    bytesize.Size
 	maxAge        time.Duration
+	maxClockAhead time.Duration
 	minFree       string
 	status        time.Duration
 }
@@ -110,6 +111,7 @@ closes every file and prints per-source counters.`, collector.DefaultPort),
 	fl.Uint64Var(&f.rotatePackets, "rotate-packets", 0, "start a source's next file when this one would pass this many packets (0: no limit)")
 	fl.Var(&f.maxStorage, "max-storage", "delete the oldest closed files while all files take more than this (0: no limit)")
 	fl.DurationVar(&f.maxAge, "max-age", 0, "delete files closed longer ago than this, e.g. 720h (0: keep)")
+	fl.DurationVar(&f.maxClockAhead, "max-clock-ahead", collector.DefaultMaxClockAhead, "refuse batches stamped further than this past the collector's clock (negative: no limit)")
 	fl.StringVar(&f.minFree, "min-free", "", "keep this much of the disk free, as PERCENT (5%) or SIZE (10GB): delete the oldest closed files, then pause")
 	return cmd
 }
@@ -172,6 +174,7 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 		RotatePackets:   f.rotatePackets,
 		MaxStorage:      int64(f.maxStorage),
 		MaxAge:          f.maxAge,
+		MaxClockAhead:   f.maxClockAhead,
 		MinFree:         minFree,
 		StatusInterval:  f.status,
 		DataDir:         f.data,

@@ -5,10 +5,12 @@ import (
 	"database/sql"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 
 	"github.com/tapstream/tapstream/internal/store"
+	"github.com/tapstream/tapstream/internal/wire"
 	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
 )
 
@@ -124,5 +126,30 @@ func TestBrickedCatalogIsRepairedAtStart(t *testing.T) {
 	tc2 := startCollector(t, func(c *Config) { c.DataDir = tc.data })
 	if _, err := tc2.srv.Sources(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A batch stamped far past the collector's clock is refused for good; one
+// within the limit, or from a replayed trace long ago, is stored.
+func TestBatchStampedInTheFutureRefused(t *testing.T) {
+	tc := startCollector(t, func(c *Config) { c.MaxClockAhead = time.Hour })
+	c := dial(t, tc.addr)
+	s, _ := welcome(t, c, newHello("clock"))
+	s.send(batchMsg(1, packets(0, 3))) // stamped in 2023: a replay
+	s.wantAck(1)
+	b := wire.NewBuilder(256)
+	b.Append(time.Now().Add(50*time.Minute).UnixNano(), make([]byte, 60), 60)
+	s.send(batchMsg(2, b.Bytes()))
+	s.wantAck(2)
+	b = wire.NewBuilder(256)
+	b.Append(time.Date(2106, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano(), make([]byte, 60), 60)
+	s.send(batchMsg(3, b.Bytes()))
+	s.wantCode(codes.InvalidArgument, "past the collector's clock")
+	srcs, err := tc.srv.Sources(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(srcs) != 1 || srcs[0].Packets != 4 || srcs[0].LastSeq != 2 {
+		t.Errorf("stored %+v, want 4 packets up to seq 2", srcs)
 	}
 }

@@ -12,8 +12,9 @@ import (
 	"github.com/tapstream/tapstream/internal/store"
 )
 
-// Retention deletes the oldest closed files first, by first packet, and
-// never a file in progress; the catalog says what went.
+// Retention deletes the oldest closed files first, by when the collector
+// created them (not by packet time, which the agent supplies), and never a
+// file in progress; the catalog says what went.
 func TestRetentionOldestClosedFirst(t *testing.T) {
 	ctx := context.Background()
 	data := t.TempDir()
@@ -28,7 +29,8 @@ func TestRetentionOldestClosedFirst(t *testing.T) {
 	}
 	os.MkdirAll(filepath.Join(data, "pcap", "r"), 0o750)
 	// Five files of 1000 bytes; their first packets run backwards from
-	// the order they were made, so age is by packet time, not id.
+	// the order they were made, the first made stamped in 2106 as a
+	// hostile agent did to keep its junk while others' files went.
 	paths := make([]string, 5)
 	for i := range paths {
 		rel := filepath.Join("pcap", "r", fmt.Sprintf("r-%d.pcap", i))
@@ -44,7 +46,7 @@ func TestRetentionOldestClosedFirst(t *testing.T) {
 		if i == 4 {
 			state = store.FileOpen // oldest of all, but still being written
 		}
-		first := int64(100-10*i) * 1e9
+		first := time.Date(2106, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano() - int64(i)*int64(24*time.Hour)
 		if err := srv.store.SetFileContents(ctx, id, state, 1000, 1, 1, first, first); err != nil {
 			t.Fatal(err)
 		}
@@ -67,10 +69,10 @@ func TestRetentionOldestClosedFirst(t *testing.T) {
 	if err := srv.checkStorage(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// 5000 bytes over a 3000 limit: the two oldest closed files go (3 and
-	// 2); the open file 4 stays, though older.
+	// 5000 bytes over a 3000 limit: the two first made go (0 and 1),
+	// though stamped latest; the open file 4 stays.
 	got := states()
-	want := []store.FileState{store.FileClosed, store.FileClosed, store.FileDeleted, store.FileDeleted, store.FileOpen}
+	want := []store.FileState{store.FileDeleted, store.FileDeleted, store.FileClosed, store.FileClosed, store.FileOpen}
 	for i, p := range paths {
 		if got[p] != want[i] {
 			t.Errorf("after --max-storage: %s is %s, want %s", p, got[p], want[i])

@@ -46,6 +46,11 @@ const (
 	DefaultMaxStreamsPerConn = 64
 	DefaultRotateSize        = 256 << 20
 	DefaultRotateTime        = 15 * time.Minute
+	// DefaultMaxClockAhead is how far in the future packets may be stamped.
+	DefaultMaxClockAhead = 24 * time.Hour
+	// clockWarnSkew is the agent clock offset, seen at Hello, that is
+	// worth a warning.
+	clockWarnSkew = 5 * time.Minute
 	// handshakeTimeout bounds TLS and HTTP/2 setup of a new connection.
 	handshakeTimeout = 10 * time.Second
 	// maxRecordsPerBatch bounds the records one batch may hold.
@@ -101,6 +106,11 @@ type Config struct {
 	MaxAge     time.Duration
 	MinFree    MinFree
 
+	// MaxClockAhead is how far past the collector's clock a packet's
+	// timestamp may be; a batch stamped later is refused. Zero means
+	// DefaultMaxClockAhead, negative no limit.
+	MaxClockAhead time.Duration
+
 	// StatusInterval is how often the collector logs each live source's
 	// counters; zero or negative turns that off.
 	StatusInterval time.Duration
@@ -134,6 +144,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxAuthFailures == 0 {
 		c.MaxAuthFailures = DefaultMaxAuthFailures
+	}
+	if c.MaxClockAhead == 0 {
+		c.MaxClockAhead = DefaultMaxClockAhead
 	}
 	if c.MaxStreamsPerConn == 0 {
 		c.MaxStreamsPerConn = DefaultMaxStreamsPerConn
@@ -419,6 +432,12 @@ func (s *Server) Stream(stream pb.Capture_StreamServer) error {
 		"hostname", hello.Hostname, "os", hello.Os, "arch", hello.Arch,
 		"interface", hello.Interface, "link_type", hello.LinkType, "snaplen", hello.Snaplen,
 		"filter", hello.Filter, "agent_version", hello.AgentVersion, "resume_after", sess.lastSeq)
+	if at := hello.AgentTimeUnixNano; at != 0 {
+		if skew := time.Duration(at - time.Now().UnixNano()); skew > clockWarnSkew || skew < -clockWarnSkew {
+			log.Warn("the agent's clock differs from the collector's; packet times come from the agent's clock",
+				"agent_ahead_by", skew.Round(time.Second))
+		}
+	}
 
 	err = stream.Send(&pb.CollectorMessage{Msg: &pb.CollectorMessage_Welcome{Welcome: &pb.Welcome{
 		SessionId:             sess.id,

@@ -53,6 +53,7 @@ type session struct {
 	ageTimer   *time.Timer   // fires at --rotate-time
 	dirCreated time.Time     // when admit created the source's directory
 	paused     bool          // holding a batch while storage is full
+	warnedPast bool          // logged that packets are stamped long ago
 	dec        *zstd.Decoder // created on the first compressed batch
 	decBuf     []byte
 
@@ -194,6 +195,9 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	if sum.Packets > 0 && (sum.First != b.FirstUnixNano || sum.Last != b.LastUnixNano) {
 		return status.Errorf(codes.InvalidArgument, "batch %d: first/last timestamps do not match its records", b.Seq)
 	}
+	if err := s.checkClock(b.Seq, sum); err != nil {
+		return err
+	}
 	if b.Seq == s.partialSeq && s.partialRecords > 0 {
 		// A crash stored the start of this batch: store the rest.
 		if records, err = wire.Skip(records, s.partialRecords); err != nil {
@@ -284,6 +288,27 @@ func checkBatchBounds(b *pb.Batch) error {
 		if d.n > maxDropsPerBatch {
 			return status.Errorf(codes.InvalidArgument, "batch %d: %s %d over the limit of %d for one batch", b.Seq, d.name, d.n, uint64(maxDropsPerBatch))
 		}
+	}
+	return nil
+}
+
+// checkClock refuses a batch stamped further in the future than
+// MaxClockAhead, and warns once per stream about one stamped more than a
+// day in the past (a replayed trace is fine; a wrong clock is not).
+func (s *session) checkClock(seq uint64, sum wire.Summary) error {
+	if sum.Packets == 0 {
+		return nil
+	}
+	now := time.Now()
+	if ahead := s.srv.cfg.MaxClockAhead; ahead > 0 && sum.Last > now.Add(ahead).UnixNano() {
+		return status.Errorf(codes.InvalidArgument,
+			"batch %d: packets stamped %s, more than %v past the collector's clock (%s); fix the agent's clock (NTP), or raise the collector's --max-clock-ahead",
+			seq, time.Unix(0, sum.Last).UTC().Format(time.RFC3339), ahead, now.UTC().Format(time.RFC3339))
+	}
+	if !s.warnedPast && sum.First < now.Add(-24*time.Hour).UnixNano() {
+		s.warnedPast = true
+		s.log.Warn("packets stamped more than a day before the collector's clock (a replayed trace, or a wrong agent clock)",
+			"seq", seq, "first_packet", time.Unix(0, sum.First).UTC().Format(time.RFC3339))
 	}
 	return nil
 }

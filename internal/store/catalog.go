@@ -62,9 +62,12 @@ func (s *Store) StorageUsed(ctx context.Context) (int64, error) {
 	return n, nil
 }
 
-// OldestClosed returns up to limit closed files, oldest first packet first.
+// OldestClosed returns up to limit closed files, the first created first.
+// Creation time is the collector's clock: packet timestamps come from the
+// agent, and an agent stamping its packets in the future must not be able
+// to make retention delete everyone else's files first.
 func (s *Store) OldestClosed(ctx context.Context, limit int) ([]File, error) {
-	return s.queryFiles(ctx, `SELECT `+fileColumns+` FROM files WHERE state = ? ORDER BY first_ts, id LIMIT ?`, FileClosed, limit)
+	return s.queryFiles(ctx, `SELECT `+fileColumns+` FROM files WHERE state = ? ORDER BY created_at, id LIMIT ?`, FileClosed, limit)
 }
 
 // ClosedBefore returns up to limit files closed before t, longest closed

@@ -262,6 +262,7 @@ var migrations = []string{
 	ALTER TABLE sources ADD COLUMN state_detail TEXT NOT NULL DEFAULT '';
 	CREATE INDEX files_state_first ON files(state, first_ts);
 	CREATE INDEX files_state_closed ON files(state, closed_at);`,
+	`CREATE INDEX files_state_created ON files(state, created_at);`,
 }
 
 func migrate(db *sql.DB) error {
