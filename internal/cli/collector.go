@@ -21,19 +21,20 @@ import (
 )
 
 type collectorFlags struct {
-	listen          string
-	data            string
-	insecure        bool
-	tlsCert         string
-	tlsKey          string
-	tlsSANs         []string
-	clientCA        string
-	uriPrefix       string
-	maxConns        int
-	maxConnsPerIP   int
-	fsync           bool
-	maxMessage      bytesize.Size
-	shutdownTimeout time.Duration
+	listen           string
+	data             string
+	insecure         bool
+	tlsCert          string
+	tlsKey           string
+	tlsSANs          []string
+	clientCA         string
+	uriPrefix        string
+	maxConns         int
+	maxConnsPerIP    int
+	fsync            bool
+	maxMessage       bytesize.Size
+	decompressMemory bytesize.Size
+	shutdownTimeout  time.Duration
 
 	format        string
 	rotateSize    bytesize.Size
@@ -47,7 +48,8 @@ type collectorFlags struct {
 }
 
 func newCollectorCmd(g *globals) *cobra.Command {
-	f := &collectorFlags{maxMessage: collector.DefaultMaxMessageBytes, rotateSize: collector.DefaultRotateSize}
+	f := &collectorFlags{maxMessage: collector.DefaultMaxMessageBytes, rotateSize: collector.DefaultRotateSize,
+		decompressMemory: collector.DefaultDecompressMemory}
 	cmd := &cobra.Command{
 		Use:   "collector",
 		Short: "Receive agents' streams and store them as pcap",
@@ -103,6 +105,7 @@ closes every file and prints per-source counters.`, collector.DefaultPort),
 	fl.IntVar(&f.maxConnsPerIP, "max-conns-per-addr", collector.DefaultMaxConnsPerIP, "connections at most from one address")
 	fl.BoolVar(&f.fsync, "fsync", false, "sync each batch to disk before acking it")
 	fl.Var(&f.maxMessage, "max-message-size", "largest message accepted from an agent")
+	fl.Var(&f.decompressMemory, "decompress-memory", "memory all streams share for decompressing batches; a stream waits its turn beyond it")
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", collector.DefaultShutdownTimeout, "how long shutdown waits for streams to finish")
 	fl.DurationVar(&f.status, "status-interval", time.Minute, "log each live source's counters and rates this often (0: never)")
 	fl.StringVar(&f.format, "format", "pcap", "file format: pcap (nanosecond) or pcapng (with capture metadata)")
@@ -168,24 +171,25 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 		return usagef("--min-free: %v", err)
 	}
 	srv, err := collector.New(collector.Config{
-		Format:          format,
-		RotateSize:      int64(f.rotateSize),
-		RotateTime:      f.rotateTime,
-		RotatePackets:   f.rotatePackets,
-		MaxStorage:      int64(f.maxStorage),
-		MaxAge:          f.maxAge,
-		MaxClockAhead:   f.maxClockAhead,
-		MinFree:         minFree,
-		StatusInterval:  f.status,
-		DataDir:         f.data,
-		MaxMessageBytes: int(f.maxMessage),
-		Fsync:           f.fsync,
-		ShutdownTimeout: f.shutdownTimeout,
-		Logger:          log,
-		TLS:             tlsCfg,
-		URIPrefix:       f.uriPrefix,
-		MaxConns:        f.maxConns,
-		MaxConnsPerIP:   f.maxConnsPerIP,
+		Format:           format,
+		RotateSize:       int64(f.rotateSize),
+		RotateTime:       f.rotateTime,
+		RotatePackets:    f.rotatePackets,
+		MaxStorage:       int64(f.maxStorage),
+		MaxAge:           f.maxAge,
+		MaxClockAhead:    f.maxClockAhead,
+		DecompressMemory: int64(f.decompressMemory),
+		MinFree:          minFree,
+		StatusInterval:   f.status,
+		DataDir:          f.data,
+		MaxMessageBytes:  int(f.maxMessage),
+		Fsync:            f.fsync,
+		ShutdownTimeout:  f.shutdownTimeout,
+		Logger:           log,
+		TLS:              tlsCfg,
+		URIPrefix:        f.uriPrefix,
+		MaxConns:         f.maxConns,
+		MaxConnsPerIP:    f.maxConnsPerIP,
 	})
 	if err != nil {
 		return err

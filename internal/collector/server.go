@@ -106,6 +106,10 @@ type Config struct {
 	MaxAge     time.Duration
 	MinFree    MinFree
 
+	// DecompressMemory bounds the memory of all batches being
+	// decompressed at once (DefaultDecompressMemory when zero).
+	DecompressMemory int64
+
 	// MaxClockAhead is how far past the collector's clock a packet's
 	// timestamp may be; a batch stamped later is refused. Zero means
 	// DefaultMaxClockAhead, negative no limit.
@@ -145,6 +149,9 @@ func (c *Config) Validate() error {
 	if c.MaxAuthFailures == 0 {
 		c.MaxAuthFailures = DefaultMaxAuthFailures
 	}
+	if c.DecompressMemory == 0 {
+		c.DecompressMemory = DefaultDecompressMemory
+	}
 	if c.MaxClockAhead == 0 {
 		c.MaxClockAhead = DefaultMaxClockAhead
 	}
@@ -169,6 +176,7 @@ type Server struct {
 
 	store    *store.Store
 	failures failureLimiter
+	decomp   *decompressor
 
 	mu       sync.Mutex
 	live     map[uuid.UUID]*session // streaming now
@@ -205,6 +213,11 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	decomp, err := newDecompressor(cfg.DecompressMemory)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	for _, r := range st.Repairs() {
 		cfg.Logger.Warn("state database: repaired a value out of range (counters of this row may be wrong)", "row", r)
 	}
@@ -213,16 +226,19 @@ func New(cfg Config) (*Server, error) {
 		log:      cfg.Logger,
 		pcapDir:  pcapDir,
 		store:    st,
+		decomp:   decomp,
 		live:     map[uuid.UUID]*session{},
 		shutdown: make(chan struct{}),
 
 		storagePoke: make(chan struct{}, 1),
 	}
 	if err := s.recoverFiles(context.Background()); err != nil {
+		decomp.close()
 		st.Close()
 		return nil, err
 	}
 	if err := s.reconcile(context.Background()); err != nil {
+		decomp.close()
 		st.Close()
 		return nil, err
 	}
@@ -232,6 +248,7 @@ func New(cfg Config) (*Server, error) {
 // Close closes the state database. Call it after Serve has returned.
 func (s *Server) Close() error {
 	s.lateCloses.Wait()
+	s.decomp.close()
 	return s.store.Close()
 }
 

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/klauspost/compress/zstd"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -50,12 +49,10 @@ type session struct {
 	w          *pcapfile.Writer
 	fileID     int64
 	file       fileCounters
-	ageTimer   *time.Timer   // fires at --rotate-time
-	dirCreated time.Time     // when admit created the source's directory
-	paused     bool          // holding a batch while storage is full
-	warnedPast bool          // logged that packets are stamped long ago
-	dec        *zstd.Decoder // created on the first compressed batch
-	decBuf     []byte
+	ageTimer   *time.Timer // fires at --rotate-time
+	dirCreated time.Time   // when admit created the source's directory
+	paused     bool        // holding a batch while storage is full
+	warnedPast bool        // logged that packets are stamped long ago
 
 	// This session's own counters, for its log line.
 	// Atomic: the status loop reads them.
@@ -181,10 +178,11 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	if b.Packets > maxRecordsPerBatch {
 		return status.Errorf(codes.InvalidArgument, "batch %d: %d packets, over the limit of %d", b.Seq, b.Packets, maxRecordsPerBatch)
 	}
-	records, err := s.records(b)
+	records, release, err := s.records(stream.Context(), b)
 	if err != nil {
 		return err
 	}
+	defer release()
 	sum, err := wire.Validate(records, int(s.hello.Snaplen))
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "batch %d: %v", b.Seq, err)
@@ -316,41 +314,34 @@ func (s *session) checkClock(seq uint64, sum wire.Summary) error {
 // maxRecordsLength bounds a batch once decompressed.
 const maxRecordsLength = 64 << 20
 
-// records returns the batch's records, decompressed into the session's
-// buffer (reused for every batch) when they came compressed.
-func (s *session) records(b *pb.Batch) ([]byte, error) {
+// records returns the batch's records; compressed ones are decompressed
+// into memory borrowed from the collector's shared budget, which release
+// gives back (the records are invalid after it).
+func (s *session) records(ctx context.Context, b *pb.Batch) (records []byte, release func(), err error) {
 	switch b.Compression {
 	case pb.Compression_COMPRESSION_NONE:
 		if int(b.RecordsLength) != len(b.Records) {
-			return nil, status.Errorf(codes.InvalidArgument, "batch %d: records_length %d but %d bytes of records", b.Seq, b.RecordsLength, len(b.Records))
+			return nil, nil, status.Errorf(codes.InvalidArgument, "batch %d: records_length %d but %d bytes of records", b.Seq, b.RecordsLength, len(b.Records))
 		}
-		return b.Records, nil
+		return b.Records, func() {}, nil
 	case pb.Compression_COMPRESSION_ZSTD:
 		if b.RecordsLength > maxRecordsLength {
-			return nil, status.Errorf(codes.InvalidArgument, "batch %d: records_length %d over the limit of %d", b.Seq, b.RecordsLength, maxRecordsLength)
+			return nil, nil, status.Errorf(codes.InvalidArgument, "batch %d: records_length %d over the limit of %d", b.Seq, b.RecordsLength, maxRecordsLength)
 		}
-		if s.dec == nil {
-			dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxRecordsLength),
-				zstd.WithDecoderMaxWindow(maxRecordsLength))
-			if err != nil {
-				return nil, status.Errorf(codes.Internal, "zstd: %v", err)
-			}
-			s.dec = dec
-		}
-		if cap(s.decBuf) < int(b.RecordsLength) {
-			s.decBuf = make([]byte, 0, b.RecordsLength)
-		}
-		out, err := s.dec.DecodeAll(b.Records, s.decBuf[:0])
+		out, release, err := s.srv.decomp.decode(ctx, b.Records, int(b.RecordsLength))
 		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "batch %d: zstd: %v", b.Seq, err)
+			if ctx.Err() != nil {
+				return nil, nil, status.FromContextError(ctx.Err()).Err()
+			}
+			return nil, nil, status.Errorf(codes.InvalidArgument, "batch %d: zstd: %v", b.Seq, err)
 		}
 		if len(out) != int(b.RecordsLength) {
-			return nil, status.Errorf(codes.InvalidArgument, "batch %d: decompressed to %d bytes, records_length says %d", b.Seq, len(out), b.RecordsLength)
+			release()
+			return nil, nil, status.Errorf(codes.InvalidArgument, "batch %d: decompressed to %d bytes, records_length says %d", b.Seq, len(out), b.RecordsLength)
 		}
-		s.decBuf = out
-		return out, nil
+		return out, release, nil
 	}
-	return nil, status.Errorf(codes.InvalidArgument, "batch %d: compression %v not supported", b.Seq, b.Compression)
+	return nil, nil, status.Errorf(codes.InvalidArgument, "batch %d: compression %v not supported", b.Seq, b.Compression)
 }
 
 func (s *session) ack(stream pb.Capture_StreamServer, seq uint64) error {
@@ -616,9 +607,6 @@ func (s *Server) finishFile(w *pcapfile.Writer, id int64, packets uint64, log *s
 
 // close ends the session: it closes its file, if any.
 func (s *session) close() error {
-	if s.dec != nil {
-		s.dec.Close()
-	}
 	var errs []error
 	if d := s.duplicates.Load(); d > 0 {
 		errs = append(errs, s.srv.store.AddDuplicates(context.Background(), s.uuid.String(), d))
