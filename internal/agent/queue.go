@@ -375,6 +375,23 @@ func (q *queue) rebase() uint64 {
 	return q.offset
 }
 
+// nextInternal returns the seq the next batch pushed will get.
+func (q *queue) nextInternal() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.nextSeq
+}
+
+// toWire returns the wire seq of internal seq, or 0 before the run's first.
+func (q *queue) toWire(seq uint64) uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if seq <= q.offset {
+		return 0
+	}
+	return seq - q.offset
+}
+
 // wireSeq returns b's seq on the wire.
 func (q *queue) wireSeq(b *batch) uint64 {
 	q.mu.Lock()

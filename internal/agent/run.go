@@ -52,7 +52,17 @@ type sourceRun struct {
 
 	mu        sync.Mutex
 	captureID string
+
+	// prevRun, when set, is the previous agent run of this source, which
+	// ended abnormally; ownFirst is the internal seq of this process's
+	// first batch, so that the collector knows where the gap lies.
+	prevRun  *pb.PreviousRun
+	ownFirst uint64
 }
+
+// heartbeatInterval is how often a running agent records in its spool that
+// it is alive, which dates an abnormal end for the next run.
+const heartbeatInterval = 2 * time.Second
 
 // newSourceRun sets up a source's queue and, with a spool directory, opens
 // its spool and takes over what an earlier run left there.
@@ -110,6 +120,19 @@ func newSourceRun(a *Agent, spec source.Spec, srcs []capture.Source) (*sourceRun
 				"batches", lost)
 		}
 	}
+	if prev := rec.State; prev.RunningSince != 0 {
+		last := prev.Heartbeat
+		if rec.LastWrite.UnixNano() > last {
+			last = rec.LastWrite.UnixNano()
+		}
+		r.prevRun = &pb.PreviousRun{StartedUnixNano: prev.RunningSince, LastActiveUnixNano: last}
+		r.log.Warn("the previous run of this source ended abnormally (killed or crashed): what it captured and had not spooled is lost and was not counted; the collector records the gap",
+			"previous_run_started", time.Unix(0, prev.RunningSince).UTC().Format(time.RFC3339),
+			"previous_run_last_alive", time.Unix(0, last).UTC().Format(time.RFC3339), "spool", dir)
+	}
+	r.ownFirst = r.q.nextInternal()
+	now := time.Now().UnixNano()
+	state.RunningSince, state.Heartbeat = now, now
 	if err := sp.SetState(state); err != nil {
 		sp.Close()
 		return nil, fmt.Errorf("source %s: %w", spec.Name, err)
@@ -154,6 +177,9 @@ func (r *sourceRun) run(ctx context.Context) error {
 
 	if r.a.cfg.StatusInterval > 0 {
 		go r.statusLoop(deliverCtx, r.a.cfg.StatusInterval)
+	}
+	if r.sp != nil {
+		go r.heartbeatLoop(deliverCtx)
 	}
 
 	deliverDone := make(chan error, 1)
@@ -234,7 +260,7 @@ func (r *sourceRun) newCaptureRun() error {
 	off := r.q.rebase()
 	id := uuid.NewString()
 	if r.sp != nil {
-		if err := r.sp.SetState(spool.State{SourceUUID: r.spec.UUID.String(), CaptureID: id, SeqOffset: off}); err != nil {
+		if err := r.sp.UpdateState(func(st *spool.State) { st.CaptureID, st.SeqOffset = id, off }); err != nil {
 			return err
 		}
 	}
@@ -263,6 +289,33 @@ func (r *sourceRun) hello() *pb.Hello {
 		AgentTimeUnixNano:    time.Now().UnixNano(),
 		Credentials:          r.credentials(),
 		Gps:                  r.a.cfg.GPS,
+		PreviousRun:          r.previousRun(),
+	}
+}
+
+// previousRun describes an abnormally ended previous run for Hello, with
+// the wire seq of its last batch in the current capture run.
+func (r *sourceRun) previousRun() *pb.PreviousRun {
+	if r.prevRun == nil {
+		return nil
+	}
+	return &pb.PreviousRun{StartedUnixNano: r.prevRun.StartedUnixNano, LastActiveUnixNano: r.prevRun.LastActiveUnixNano,
+		LastSeq: r.q.toWire(r.ownFirst - 1)}
+}
+
+// heartbeatLoop records in the spool that this run is alive until ctx ends.
+func (r *sourceRun) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(heartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if err := r.sp.UpdateState(func(st *spool.State) { st.Heartbeat = now.UnixNano() }); err != nil {
+				r.log.Debug("cannot record the heartbeat in the spool", "err", err)
+			}
+		}
 	}
 }
 
@@ -342,6 +395,11 @@ func (r *sourceRun) close() {
 		src.Close()
 	}
 	if r.sp != nil {
+		// This run ends here, not by a kill or a crash: say so, so that
+		// the next run does not report an abnormal end.
+		if err := r.sp.UpdateState(func(st *spool.State) { st.RunningSince, st.Heartbeat = 0, 0 }); err != nil {
+			r.log.Warn("cannot record a clean end in the spool; the next run will report an abnormal end", "err", err)
+		}
 		r.sp.Close()
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -138,7 +139,7 @@ shown with --all).`,
 			}
 			tw.Flush()
 			fmt.Fprintf(g.stderr, "%d file(s), %d packets, %s\n", n, packets, bytesize.Size(size).Human())
-			return nil
+			return printGaps(cmd.Context(), g, data, srcs, from != "" || to != "", lo, hi)
 		},
 	}
 	fl := cmd.Flags()
@@ -150,6 +151,50 @@ shown with --all).`,
 	return cmd
 }
 
+// printGaps lists the capture gaps of the sources in srcs that overlap
+// [lo, hi] when window is set: stretches the collector knows it lacks.
+func printGaps(ctx context.Context, g *globals, data string, srcs map[string]store.Source, window bool, lo, hi int64) error {
+	st, err := openCatalog(data)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	gaps, err := st.Gaps(ctx)
+	if err != nil {
+		return err
+	}
+	var shown []store.Gap
+	for _, gp := range gaps {
+		if _, ok := srcs[gp.SourceUUID]; !ok {
+			continue
+		}
+		end := gp.To
+		if end == 0 {
+			end = math.MaxInt64
+		}
+		if window && (end < lo || gp.From > hi) {
+			continue
+		}
+		shown = append(shown, gp)
+	}
+	if len(shown) == 0 {
+		return nil
+	}
+	fmt.Fprintln(g.stdout)
+	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SOURCE\tGAP FROM\tGAP TO\tDURATION\tWHY")
+	for _, gp := range shown {
+		dur := "-"
+		if gp.From != 0 && gp.To != 0 {
+			dur = time.Duration(gp.To - gp.From).Round(time.Millisecond).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", srcs[gp.SourceUUID].Name, fmtTime(gp.From), fmtTime(gp.To), dur, gp.Reason)
+	}
+	tw.Flush()
+	fmt.Fprintf(g.stderr, "%d capture gap(s): packets there were lost without being counted (the agent was killed or crashed)\n", len(shown))
+	return nil
+}
+
 func newSourcesCmd(g *globals) *cobra.Command {
 	var data string
 	cmd := &cobra.Command{
@@ -157,7 +202,9 @@ func newSourcesCmd(g *globals) *cobra.Command {
 		Short: "List the sources the collector knows, with their state and counters",
 		Long: `List every source the collector has stored: its state (streaming,
 paused while storage is full, disconnected), when it was last seen, and
-its totals of packets stored and packets lost (kernel, interface, agent).`,
+its totals of packets stored and packets lost (kernel, interface, agent),
+and its capture gaps: stretches lost without being counted because the
+agent was killed or crashed (tapstream files lists them).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := openCatalog(data)
@@ -169,16 +216,27 @@ its totals of packets stored and packets lost (kernel, interface, agent).`,
 			if err != nil {
 				return err
 			}
+			gaps, err := st.Gaps(cmd.Context())
+			if err != nil {
+				return err
+			}
+			gapCount := map[string]int{}
+			for _, gp := range gaps {
+				gapCount[gp.SourceUUID]++
+			}
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SOURCE\tHOST\tSTATE\tLAST SEEN\tPACKETS\tBYTES\tKERNEL DROPS\tIF DROPS\tAGENT DROPS\tUUID")
+			fmt.Fprintln(tw, "SOURCE\tHOST\tSTATE\tLAST SEEN\tPACKETS\tBYTES\tKERNEL DROPS\tIF DROPS\tAGENT DROPS\tGAPS\tUUID")
 			for _, s := range srcs {
 				state := s.State
 				if s.StateDetail != "" {
 					state += " (" + s.StateDetail + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\n", s.Name, s.Hostname, state,
+				if !s.EndedUncleanAt.IsZero() {
+					state += " (stream broke " + s.EndedUncleanAt.UTC().Format(time.RFC3339) + ")"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\n", s.Name, s.Hostname, state,
 					s.LastSeen.UTC().Format(time.RFC3339), s.Packets, bytesize.Size(s.Bytes).Human(),
-					s.KernelDrops, s.InterfaceDrops, s.AgentDrops, s.UUID)
+					s.KernelDrops, s.InterfaceDrops, s.AgentDrops, gapCount[s.UUID], s.UUID)
 			}
 			return tw.Flush()
 		},

@@ -357,6 +357,12 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	return nil
 }
 
+func (s *Server) isStopping() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopping
+}
+
 func (s *Server) beginShutdown() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -445,6 +451,7 @@ func (s *Server) Stream(stream pb.Capture_StreamServer) error {
 	defer s.release(sess)
 	log = log.With("source", sess.name, "uuid", sess.uuid, "session", sess.id)
 	sess.log = log
+	sess.planGap(sess.stored)
 	log.Info("agent connected", "as", who,
 		"hostname", hello.Hostname, "os", hello.Os, "arch", hello.Arch,
 		"interface", hello.Interface, "link_type", hello.LinkType, "snaplen", hello.Snaplen,
@@ -473,7 +480,11 @@ func (s *Server) Stream(stream pb.Capture_StreamServer) error {
 	st, _ := status.FromError(err)
 	switch {
 	case err == nil:
+		sess.endedUnclean(err)
 		log.Info("agent finished", sess.summaryAttrs()...)
+	case sess.endedUnclean(err):
+		log.Warn("stream ended without the agent's clean end; if the agent was killed or crashed, what it captured and had not spooled is lost, and a gap is recorded when it starts again",
+			append(sess.summaryAttrs(), "reason", err)...)
 	case st.Code() == codes.Unavailable || st.Code() == codes.Canceled:
 		log.Info("stream ended", append(sess.summaryAttrs(), "reason", err)...)
 	default:
@@ -602,6 +613,7 @@ func (s *Server) admit(h *pb.Hello, remote string) (*session, *pb.Refusal) {
 	sess.lastSeq = src.LastSeq
 	sess.partialSeq, sess.partialRecords = src.PartialSeq, src.PartialRecords
 	sess.known = src.LastSeq > 0 || src.PartialSeq > 0
+	sess.stored = src
 	return sess, nil
 }
 

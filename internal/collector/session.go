@@ -49,10 +49,13 @@ type session struct {
 	w          *pcapfile.Writer
 	fileID     int64
 	file       fileCounters
-	ageTimer   *time.Timer // fires at --rotate-time
-	dirCreated time.Time   // when admit created the source's directory
-	paused     bool        // holding a batch while storage is full
-	warnedPast bool        // logged that packets are stamped long ago
+	ageTimer   *time.Timer  // fires at --rotate-time
+	dirCreated time.Time    // when admit created the source's directory
+	paused     bool         // holding a batch while storage is full
+	warnedPast bool         // logged that packets are stamped long ago
+	stored     store.Source // the source as the catalog had it when the stream began
+	gap        *pendingGap  // a gap this stream will close, if any
+	lastTS     int64        // last packet stored (ns), tracked while a gap is pending
 
 	// This session's own counters, for its log line.
 	// Atomic: the status loop reads them.
@@ -244,6 +247,10 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	}
 	s.lastSeq = b.Seq
 	s.partialSeq, s.partialRecords = 0, 0
+	if s.gap != nil && sum.Packets > 0 {
+		s.closeGap(b.Seq, sum.First)
+		s.lastTS = sum.Last
+	}
 	s.srv.written.Add(written)
 	if sum.Packets > 0 {
 		if s.file.packets == 0 {

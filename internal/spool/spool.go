@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // ErrFull is returned by Append when the spool has no room for an entry.
@@ -29,6 +30,12 @@ type State struct {
 	// the wire; it changes when the agent starts a new capture run for
 	// batches already spooled.
 	SeqOffset uint64 `json:"seq_offset"`
+	// RunningSince is when the agent process using the spool started
+	// (ns). That process clears it when it stops, so a spool found with
+	// it set belonged to a run that was killed or crashed.
+	RunningSince int64 `json:"running_since,omitempty"`
+	// Heartbeat is the last time that process said it was alive (ns).
+	Heartbeat int64 `json:"heartbeat,omitempty"`
 }
 
 // Loc is where an entry's records lie.
@@ -71,6 +78,8 @@ type Recovery struct {
 	// Skipped and BadRegions count damage that was skipped.
 	Skipped    int64
 	BadRegions int
+	// LastWrite is when a segment found was last written.
+	LastWrite time.Time
 }
 
 // Recovered is an entry found on disk.
@@ -131,6 +140,9 @@ func (s *Spool) recover(rec *Recovery, sourceUUID string) error {
 		if err != nil {
 			return fmt.Errorf("read spool segment: %w", err)
 		}
+		if fi, err := os.Stat(name); err == nil && fi.ModTime().After(rec.LastWrite) {
+			rec.LastWrite = fi.ModTime()
+		}
 		res := Scan(data)
 		rec.Skipped += res.Skipped
 		rec.BadRegions += res.BadRegions
@@ -165,10 +177,23 @@ func (s *Spool) recover(rec *Recovery, sourceUUID string) error {
 	return nil
 }
 
+// UpdateState changes the recorded state with fn, atomically.
+func (s *Spool) UpdateState(fn func(*State)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.state
+	fn(&st)
+	return s.setStateLocked(st)
+}
+
 // SetState records the capture run; it is written atomically.
 func (s *Spool) SetState(st State) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.setStateLocked(st)
+}
+
+func (s *Spool) setStateLocked(st State) error {
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err

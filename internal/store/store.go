@@ -47,6 +47,10 @@ type Source struct {
 	// State is what the collector is doing with the source: streaming,
 	// paused (storage full, not acking), or disconnected.
 	State, StateDetail string
+	// EndedUncleanAt, when set, is when the source's last stream ended
+	// without the agent's clean end (the agent was killed, crashed, or
+	// lost its link) and no stream has resumed it since.
+	EndedUncleanAt time.Time
 }
 
 // Counters are a source's running totals.
@@ -112,7 +116,7 @@ var numericColumns = []struct {
 }{
 	{"sources", "uuid", []string{"last_seq", "partial_seq", "partial_records", "packets", "bytes", "batches", "duplicates",
 		"kernel_drops", "interface_drops", "agent_drops"}, true},
-	{"sources", "uuid", []string{"first_seen", "last_seen"}, false},
+	{"sources", "uuid", []string{"first_seen", "last_seen", "ended_unclean_at"}, false},
 	{"files", "id", []string{"link_type", "snaplen", "size", "packets", "bytes"}, true},
 	{"files", "id", []string{"first_ts", "last_ts", "created_at", "closed_at", "deleted_at"}, false},
 }
@@ -263,6 +267,16 @@ var migrations = []string{
 	CREATE INDEX files_state_first ON files(state, first_ts);
 	CREATE INDEX files_state_closed ON files(state, closed_at);`,
 	`CREATE INDEX files_state_created ON files(state, created_at);`,
+	`ALTER TABLE sources ADD COLUMN ended_unclean_at INTEGER NOT NULL DEFAULT 0;
+	CREATE TABLE gaps (
+		id          INTEGER PRIMARY KEY,
+		source_uuid TEXT NOT NULL REFERENCES sources(uuid),
+		from_ts     INTEGER NOT NULL,
+		to_ts       INTEGER NOT NULL,
+		detected_at INTEGER NOT NULL,
+		reason      TEXT NOT NULL
+	);
+	CREATE INDEX gaps_source ON gaps(source_uuid, from_ts);`,
 }
 
 func migrate(db *sql.DB) error {
@@ -299,12 +313,13 @@ var ErrNotFound = errors.New("not found")
 // GetSource returns the stored state of a source.
 func (s *Store) GetSource(ctx context.Context, uuid string) (Source, error) {
 	var src Source
-	var first, last int64
+	var first, last, unclean int64
 	err := s.db.QueryRowContext(ctx, `SELECT uuid, name, hostname, capture_id, last_seq, partial_seq, partial_records,
-		packets, bytes, batches, duplicates, kernel_drops, interface_drops, agent_drops, first_seen, last_seen, state, state_detail
+		packets, bytes, batches, duplicates, kernel_drops, interface_drops, agent_drops, first_seen, last_seen, state, state_detail,
+		ended_unclean_at
 		FROM sources WHERE uuid = ?`, uuid).Scan(&src.UUID, &src.Name, &src.Hostname, &src.CaptureID, &src.LastSeq,
 		&src.PartialSeq, &src.PartialRecords, &src.Packets, &src.Bytes, &src.Batches, &src.Duplicates,
-		&src.KernelDrops, &src.InterfaceDrops, &src.AgentDrops, &first, &last, &src.State, &src.StateDetail)
+		&src.KernelDrops, &src.InterfaceDrops, &src.AgentDrops, &first, &last, &src.State, &src.StateDetail, &unclean)
 	if errors.Is(err, sql.ErrNoRows) {
 		return src, ErrNotFound
 	}
@@ -312,6 +327,9 @@ func (s *Store) GetSource(ctx context.Context, uuid string) (Source, error) {
 		return src, fmt.Errorf("read source %s: %w", uuid, err)
 	}
 	src.FirstSeen, src.LastSeen = time.Unix(0, first), time.Unix(0, last)
+	if unclean != 0 {
+		src.EndedUncleanAt = time.Unix(0, unclean)
+	}
 	return src, nil
 }
 

@@ -195,7 +195,7 @@ func (x Refusal_Reason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Refusal_Reason.Descriptor instead.
 func (Refusal_Reason) EnumDescriptor() ([]byte, []int) {
-	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{6, 0}
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{7, 0}
 }
 
 type Control_Action int32
@@ -241,7 +241,7 @@ func (x Control_Action) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Control_Action.Descriptor instead.
 func (Control_Action) EnumDescriptor() ([]byte, []int) {
-	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{9, 0}
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{10, 0}
 }
 
 type AgentMessage struct {
@@ -460,8 +460,12 @@ type Hello struct {
 	AgentTimeUnixNano    int64                  `protobuf:"varint,15,opt,name=agent_time_unix_nano,json=agentTimeUnixNano,proto3" json:"agent_time_unix_nano,omitempty"` // agent clock when Hello was sent
 	Gps                  *Gps                   `protobuf:"bytes,16,opt,name=gps,proto3" json:"gps,omitempty"`
 	Credentials          *Credentials           `protobuf:"bytes,17,opt,name=credentials,proto3" json:"credentials,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Set when the agent found that its previous run of this source ended
+	// abnormally (killed or crashed): what it captured after its last
+	// spooled batch is lost, and the collector records the gap.
+	PreviousRun   *PreviousRun `protobuf:"bytes,20,opt,name=previous_run,json=previousRun,proto3" json:"previous_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -613,6 +617,77 @@ func (x *Hello) GetCredentials() *Credentials {
 	return nil
 }
 
+func (x *Hello) GetPreviousRun() *PreviousRun {
+	if x != nil {
+		return x.PreviousRun
+	}
+	return nil
+}
+
+// PreviousRun describes an agent run of the source that ended abnormally.
+type PreviousRun struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	StartedUnixNano    int64                  `protobuf:"varint,1,opt,name=started_unix_nano,json=startedUnixNano,proto3" json:"started_unix_nano,omitempty"`            // when that run started
+	LastActiveUnixNano int64                  `protobuf:"varint,2,opt,name=last_active_unix_nano,json=lastActiveUnixNano,proto3" json:"last_active_unix_nano,omitempty"` // its last write to the spool, roughly when it ended
+	// The last batch of the current capture run that the previous agent
+	// process produced: batches after it come from this process. Zero when
+	// this capture run began in this process.
+	LastSeq       uint64 `protobuf:"varint,3,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreviousRun) Reset() {
+	*x = PreviousRun{}
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreviousRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreviousRun) ProtoMessage() {}
+
+func (x *PreviousRun) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreviousRun.ProtoReflect.Descriptor instead.
+func (*PreviousRun) Descriptor() ([]byte, []int) {
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PreviousRun) GetStartedUnixNano() int64 {
+	if x != nil {
+		return x.StartedUnixNano
+	}
+	return 0
+}
+
+func (x *PreviousRun) GetLastActiveUnixNano() int64 {
+	if x != nil {
+		return x.LastActiveUnixNano
+	}
+	return 0
+}
+
+func (x *PreviousRun) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
 type Gps struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Lat           float64                `protobuf:"fixed64,1,opt,name=lat,proto3" json:"lat,omitempty"`
@@ -625,7 +700,7 @@ type Gps struct {
 
 func (x *Gps) Reset() {
 	*x = Gps{}
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[3]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -637,7 +712,7 @@ func (x *Gps) String() string {
 func (*Gps) ProtoMessage() {}
 
 func (x *Gps) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[3]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -650,7 +725,7 @@ func (x *Gps) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gps.ProtoReflect.Descriptor instead.
 func (*Gps) Descriptor() ([]byte, []int) {
-	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{3}
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Gps) GetLat() float64 {
@@ -692,7 +767,7 @@ type Credentials struct {
 
 func (x *Credentials) Reset() {
 	*x = Credentials{}
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[4]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -704,7 +779,7 @@ func (x *Credentials) String() string {
 func (*Credentials) ProtoMessage() {}
 
 func (x *Credentials) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[4]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -717,7 +792,7 @@ func (x *Credentials) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credentials.ProtoReflect.Descriptor instead.
 func (*Credentials) Descriptor() ([]byte, []int) {
-	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{4}
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Credentials) GetToken() string {
@@ -756,7 +831,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[5]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -768,7 +843,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[5]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -781,7 +856,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{5}
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Welcome) GetSessionId() string {
@@ -824,7 +899,7 @@ type Refusal struct {
 
 func (x *Refusal) Reset() {
 	*x = Refusal{}
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[6]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -836,7 +911,7 @@ func (x *Refusal) String() string {
 func (*Refusal) ProtoMessage() {}
 
 func (x *Refusal) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[6]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -849,7 +924,7 @@ func (x *Refusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Refusal.ProtoReflect.Descriptor instead.
 func (*Refusal) Descriptor() ([]byte, []int) {
-	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{6}
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Refusal) GetReason() Refusal_Reason {
@@ -887,7 +962,7 @@ type Batch struct {
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[7]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -899,7 +974,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[7]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -912,7 +987,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{7}
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Batch) GetSeq() uint64 {
@@ -995,7 +1070,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[8]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +1082,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[8]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +1095,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{8}
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Ack) GetSeq() uint64 {
@@ -1040,7 +1115,7 @@ type Control struct {
 
 func (x *Control) Reset() {
 	*x = Control{}
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[9]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +1127,7 @@ func (x *Control) String() string {
 func (*Control) ProtoMessage() {}
 
 func (x *Control) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[9]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +1140,7 @@ func (x *Control) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Control.ProtoReflect.Descriptor instead.
 func (*Control) Descriptor() ([]byte, []int) {
-	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{9}
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Control) GetAction() Control_Action {
@@ -1096,7 +1171,7 @@ const file_proto_tapstream_v1_tapstream_proto_rawDesc = "" +
 	"\arefusal\x18\x02 \x01(\v2\x15.tapstream.v1.RefusalH\x00R\arefusal\x12%\n" +
 	"\x03ack\x18\x03 \x01(\v2\x11.tapstream.v1.AckH\x00R\x03ack\x121\n" +
 	"\acontrol\x18\x04 \x01(\v2\x15.tapstream.v1.ControlH\x00R\acontrolB\x05\n" +
-	"\x03msg\"\xcb\x04\n" +
+	"\x03msg\"\x89\x05\n" +
 	"\x05Hello\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x1f\n" +
 	"\vsource_uuid\x18\x02 \x01(\tR\n" +
@@ -1118,7 +1193,12 @@ const file_proto_tapstream_v1_tapstream_proto_rawDesc = "" +
 	"\ragent_version\x18\x0e \x01(\tR\fagentVersion\x12/\n" +
 	"\x14agent_time_unix_nano\x18\x0f \x01(\x03R\x11agentTimeUnixNano\x12#\n" +
 	"\x03gps\x18\x10 \x01(\v2\x11.tapstream.v1.GpsR\x03gps\x12;\n" +
-	"\vcredentials\x18\x11 \x01(\v2\x19.tapstream.v1.CredentialsR\vcredentials\"T\n" +
+	"\vcredentials\x18\x11 \x01(\v2\x19.tapstream.v1.CredentialsR\vcredentials\x12<\n" +
+	"\fprevious_run\x18\x14 \x01(\v2\x19.tapstream.v1.PreviousRunR\vpreviousRun\"\x87\x01\n" +
+	"\vPreviousRun\x12*\n" +
+	"\x11started_unix_nano\x18\x01 \x01(\x03R\x0fstartedUnixNano\x121\n" +
+	"\x15last_active_unix_nano\x18\x02 \x01(\x03R\x12lastActiveUnixNano\x12\x19\n" +
+	"\blast_seq\x18\x03 \x01(\x04R\alastSeq\"T\n" +
 	"\x03Gps\x12\x10\n" +
 	"\x03lat\x18\x01 \x01(\x01R\x03lat\x12\x10\n" +
 	"\x03lon\x18\x02 \x01(\x01R\x03lon\x12\x10\n" +
@@ -1194,7 +1274,7 @@ func file_proto_tapstream_v1_tapstream_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_tapstream_v1_tapstream_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_proto_tapstream_v1_tapstream_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_proto_tapstream_v1_tapstream_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_proto_tapstream_v1_tapstream_proto_goTypes = []any{
 	(ProtocolVersion)(0),     // 0: tapstream.v1.ProtocolVersion
 	(Compression)(0),         // 1: tapstream.v1.Compression
@@ -1203,33 +1283,35 @@ var file_proto_tapstream_v1_tapstream_proto_goTypes = []any{
 	(*AgentMessage)(nil),     // 4: tapstream.v1.AgentMessage
 	(*CollectorMessage)(nil), // 5: tapstream.v1.CollectorMessage
 	(*Hello)(nil),            // 6: tapstream.v1.Hello
-	(*Gps)(nil),              // 7: tapstream.v1.Gps
-	(*Credentials)(nil),      // 8: tapstream.v1.Credentials
-	(*Welcome)(nil),          // 9: tapstream.v1.Welcome
-	(*Refusal)(nil),          // 10: tapstream.v1.Refusal
-	(*Batch)(nil),            // 11: tapstream.v1.Batch
-	(*Ack)(nil),              // 12: tapstream.v1.Ack
-	(*Control)(nil),          // 13: tapstream.v1.Control
+	(*PreviousRun)(nil),      // 7: tapstream.v1.PreviousRun
+	(*Gps)(nil),              // 8: tapstream.v1.Gps
+	(*Credentials)(nil),      // 9: tapstream.v1.Credentials
+	(*Welcome)(nil),          // 10: tapstream.v1.Welcome
+	(*Refusal)(nil),          // 11: tapstream.v1.Refusal
+	(*Batch)(nil),            // 12: tapstream.v1.Batch
+	(*Ack)(nil),              // 13: tapstream.v1.Ack
+	(*Control)(nil),          // 14: tapstream.v1.Control
 }
 var file_proto_tapstream_v1_tapstream_proto_depIdxs = []int32{
 	6,  // 0: tapstream.v1.AgentMessage.hello:type_name -> tapstream.v1.Hello
-	11, // 1: tapstream.v1.AgentMessage.batch:type_name -> tapstream.v1.Batch
-	9,  // 2: tapstream.v1.CollectorMessage.welcome:type_name -> tapstream.v1.Welcome
-	10, // 3: tapstream.v1.CollectorMessage.refusal:type_name -> tapstream.v1.Refusal
-	12, // 4: tapstream.v1.CollectorMessage.ack:type_name -> tapstream.v1.Ack
-	13, // 5: tapstream.v1.CollectorMessage.control:type_name -> tapstream.v1.Control
-	7,  // 6: tapstream.v1.Hello.gps:type_name -> tapstream.v1.Gps
-	8,  // 7: tapstream.v1.Hello.credentials:type_name -> tapstream.v1.Credentials
-	2,  // 8: tapstream.v1.Refusal.reason:type_name -> tapstream.v1.Refusal.Reason
-	1,  // 9: tapstream.v1.Batch.compression:type_name -> tapstream.v1.Compression
-	3,  // 10: tapstream.v1.Control.action:type_name -> tapstream.v1.Control.Action
-	4,  // 11: tapstream.v1.Capture.Stream:input_type -> tapstream.v1.AgentMessage
-	5,  // 12: tapstream.v1.Capture.Stream:output_type -> tapstream.v1.CollectorMessage
-	12, // [12:13] is the sub-list for method output_type
-	11, // [11:12] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	12, // 1: tapstream.v1.AgentMessage.batch:type_name -> tapstream.v1.Batch
+	10, // 2: tapstream.v1.CollectorMessage.welcome:type_name -> tapstream.v1.Welcome
+	11, // 3: tapstream.v1.CollectorMessage.refusal:type_name -> tapstream.v1.Refusal
+	13, // 4: tapstream.v1.CollectorMessage.ack:type_name -> tapstream.v1.Ack
+	14, // 5: tapstream.v1.CollectorMessage.control:type_name -> tapstream.v1.Control
+	8,  // 6: tapstream.v1.Hello.gps:type_name -> tapstream.v1.Gps
+	9,  // 7: tapstream.v1.Hello.credentials:type_name -> tapstream.v1.Credentials
+	7,  // 8: tapstream.v1.Hello.previous_run:type_name -> tapstream.v1.PreviousRun
+	2,  // 9: tapstream.v1.Refusal.reason:type_name -> tapstream.v1.Refusal.Reason
+	1,  // 10: tapstream.v1.Batch.compression:type_name -> tapstream.v1.Compression
+	3,  // 11: tapstream.v1.Control.action:type_name -> tapstream.v1.Control.Action
+	4,  // 12: tapstream.v1.Capture.Stream:input_type -> tapstream.v1.AgentMessage
+	5,  // 13: tapstream.v1.Capture.Stream:output_type -> tapstream.v1.CollectorMessage
+	13, // [13:14] is the sub-list for method output_type
+	12, // [12:13] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_proto_tapstream_v1_tapstream_proto_init() }
@@ -1253,7 +1335,7 @@ func file_proto_tapstream_v1_tapstream_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_tapstream_v1_tapstream_proto_rawDesc), len(file_proto_tapstream_v1_tapstream_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
