@@ -96,7 +96,7 @@ func newFilesCmd(g *globals) *cobra.Command {
 		Short: "List the capture files in the catalog",
 		Long: `List the capture files the collector recorded in its catalog
 (DATA/tapstream.db): source, state, first and last packet time (UTC),
-packets, size and path. States: open (being written), closed (complete),
+packets, size, the credential whose stream wrote it, and path. States: open (being written), closed (complete),
 missing (removed behind the collector's back) and deleted (by retention;
 shown with --all).`,
 		Example: `  tapstream files --data /var/lib/tapstream
@@ -118,7 +118,7 @@ shown with --all).`,
 				return int(a.ID - b.ID)
 			})
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SOURCE\tSTATE\tFIRST PACKET\tLAST PACKET\tPACKETS\tSIZE\tPATH")
+			fmt.Fprintln(tw, "SOURCE\tSTATE\tFIRST PACKET\tLAST PACKET\tPACKETS\tSIZE\tWRITER\tPATH")
 			var n int
 			var packets uint64
 			var size int64
@@ -130,8 +130,8 @@ shown with --all).`,
 				if (from != "" || to != "") && !overlaps(f, lo, hi) {
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", src.Name, f.State, fmtTime(f.FirstTS), fmtTime(f.LastTS),
-					f.Packets, bytesize.Size(f.Size).Human(), f.Path)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", src.Name, f.State, fmtTime(f.FirstTS), fmtTime(f.LastTS),
+					f.Packets, bytesize.Size(f.Size).Human(), orDash(f.Writer), f.Path)
 				n++
 				packets += f.Packets
 				size += f.Size
@@ -157,7 +157,8 @@ func newSourcesCmd(g *globals) *cobra.Command {
 		Short: "List the sources the collector knows, with their state and counters",
 		Long: `List every source the collector has stored: its state (streaming,
 paused while storage is full, disconnected), when it was last seen, and
-its totals of packets stored and packets lost (kernel, interface, agent).`,
+its totals of packets stored and packets lost (kernel, interface, agent),
+and the credential that owns it (tapstream sources reassign changes it).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := openCatalog(data)
@@ -170,19 +171,27 @@ its totals of packets stored and packets lost (kernel, interface, agent).`,
 				return err
 			}
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SOURCE\tHOST\tSTATE\tLAST SEEN\tPACKETS\tBYTES\tKERNEL DROPS\tIF DROPS\tAGENT DROPS\tUUID")
+			fmt.Fprintln(tw, "SOURCE\tHOST\tSTATE\tLAST SEEN\tPACKETS\tBYTES\tKERNEL DROPS\tIF DROPS\tAGENT DROPS\tOWNER\tUUID")
 			for _, s := range srcs {
 				state := s.State
 				if s.StateDetail != "" {
 					state += " (" + s.StateDetail + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\n", s.Name, s.Hostname, state,
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\t%s\n", s.Name, s.Hostname, state,
 					s.LastSeen.UTC().Format(time.RFC3339), s.Packets, bytesize.Size(s.Bytes).Human(),
-					s.KernelDrops, s.InterfaceDrops, s.AgentDrops, s.UUID)
+					s.KernelDrops, s.InterfaceDrops, s.AgentDrops, orDash(s.Owner), s.UUID)
 			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+	cmd.AddCommand(newSourcesReassignCmd(g))
 	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
