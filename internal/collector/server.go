@@ -54,8 +54,8 @@ const (
 	// DefaultRecheckInterval is how often live streams' credentials and
 	// source ownership are checked again.
 	DefaultRecheckInterval = 2 * time.Second
-	DefaultRotateSize        = 256 << 20
-	DefaultRotateTime        = 15 * time.Minute
+	DefaultRotateSize      = 256 << 20
+	DefaultRotateTime      = 15 * time.Minute
 	// handshakeTimeout bounds TLS and HTTP/2 setup of a new connection.
 	handshakeTimeout = 10 * time.Second
 	// maxRecordsPerBatch bounds the records one batch may hold.
