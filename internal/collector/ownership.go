@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tapstream/tapstream/internal/auth"
 	"github.com/tapstream/tapstream/internal/store"
 	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
 )
@@ -40,7 +41,7 @@ func (s *Server) claim(id, name string, who principal) *pb.Refusal {
 			what, owned.Owner, name, who.owner)
 	case errors.As(err, &limit):
 		return refusal(pb.Refusal_REASON_RESOURCE_LIMIT,
-			"%s owns %d sources already, the most this collector allows one credential (--max-sources-per-credential); reuse a source's name and uuid, or have an admin raise the limit",
+			"%s owns %d sources already, the most this collector allows one credential (--max-sources-per-credential); reuse a source's name and uuid, or have an admin free unused ones (tapstream sources reassign SOURCE --to none) or raise the limit",
 			who.display, limit.Max)
 	case err != nil:
 		s.log.Error("state database", "err", err)
@@ -71,15 +72,16 @@ func (s *Server) recheckLoop(ctx context.Context, interval time.Duration) {
 			live = append(live, sess)
 		}
 		s.mu.Unlock()
-		creds := map[string]*pb.Refusal{} // one check per credential per round
+		creds := map[string]credCheck{} // one check per credential per round
 		for _, sess := range live {
-			ref, seen := creds[sess.who.owner]
+			c, seen := creds[sess.who.owner]
 			if !seen {
-				ref = s.recheckCredential(ctx, sess.who)
-				creds[sess.who.owner] = ref
+				c = s.recheckCredential(ctx, sess.who)
+				creds[sess.who.owner] = c
 			}
+			ref := c.ref
 			if ref == nil {
-				ref = s.recheckSource(ctx, sess)
+				ref = s.recheckSource(ctx, sess, c.who)
 			}
 			if ref != nil {
 				s.log.Warn("ending a live stream", "source", sess.name, "uuid", sess.uuid, "as", sess.who.display,
@@ -90,46 +92,50 @@ func (s *Server) recheckLoop(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// recheckCredential returns a refusal when who may no longer stream. A
-// database error is logged and lets the stream go on: the check runs again
-// at the next round.
-func (s *Server) recheckCredential(ctx context.Context, who principal) *pb.Refusal {
+// credCheck is the outcome of checking a live credential again: a
+// refusal, or the principal as it stands now (a token's patterns may have
+// changed).
+type credCheck struct {
+	ref *pb.Refusal
+	who principal
+}
+
+// recheckCredential checks again that who may stream. A database error is
+// logged and lets the stream go on: the check runs again at the next
+// round.
+func (s *Server) recheckCredential(ctx context.Context, who principal) credCheck {
 	kind, key, _ := strings.Cut(who.owner, ":")
 	switch kind {
 	case "token":
 		t, err := s.store.GetToken(ctx, key)
 		if errors.Is(err, store.ErrNotFound) {
-			return refusal(pb.Refusal_REASON_TOKEN_REVOKED, "%s was deleted", who.display)
+			return credCheck{ref: refusal(pb.Refusal_REASON_TOKEN_REVOKED, "%s was deleted", who.display)}
 		}
 		if err != nil {
 			s.log.Error("state database: cannot check a live stream's token", "err", err)
-			return nil
+			return credCheck{who: who}
 		}
-		return tokenValid(t)
+		who.sources = t.Sources
+		return credCheck{ref: tokenValid(t), who: who}
 	case "user":
 		u, err := s.store.GetUser(ctx, key)
 		switch {
 		case errors.Is(err, store.ErrNotFound) || err == nil && u.Disabled:
-			return refusal(pb.Refusal_REASON_BAD_CREDENTIALS, "user %s was disabled or deleted", key)
+			return credCheck{ref: refusal(pb.Refusal_REASON_BAD_CREDENTIALS, "user %s was disabled or deleted", key)}
 		case err != nil:
 			s.log.Error("state database: cannot check a live stream's user", "err", err)
-			return nil
+		case !auth.Role(u.Role).MayStream():
+			return credCheck{ref: refusal(pb.Refusal_REASON_FORBIDDEN_ROLE, "user %s has role %s now; streaming needs role agent", u.Name, u.Role)}
 		}
 	}
-	return nil
+	return credCheck{who: who}
 }
 
 // recheckSource returns a refusal when sess's source now belongs to
-// another credential, or its token's patterns no longer allow its name.
-func (s *Server) recheckSource(ctx context.Context, sess *session) *pb.Refusal {
-	if kind, key, _ := strings.Cut(sess.who.owner, ":"); kind == "token" {
-		if t, err := s.store.GetToken(ctx, key); err == nil {
-			who := sess.who
-			who.sources = t.Sources
-			if !who.mayName(sess.name) {
-				return refusal(pb.Refusal_REASON_SOURCE_OWNED, "%s may no longer stream source %s", who.display, sess.name)
-			}
-		}
+// another credential, or who's patterns no longer allow its name.
+func (s *Server) recheckSource(ctx context.Context, sess *session, who principal) *pb.Refusal {
+	if !who.mayName(sess.name) {
+		return refusal(pb.Refusal_REASON_SOURCE_OWNED, "%s may no longer stream source %s", who.display, sess.name)
 	}
 	owner, err := s.store.SourceOwner(ctx, sess.uuid.String())
 	if err != nil {

@@ -250,4 +250,20 @@ func TestRevocationEndsLiveStream(t *testing.T) {
 		t.Fatalf("live stream ended %v after revocation", took)
 	}
 	t.Logf("live stream ended %v after its token was revoked", time.Since(revoked).Round(time.Millisecond))
+
+	// The same for a user disabled while streaming.
+	hash, _ := auth.HashPassword("sensor-password")
+	ctx := context.Background()
+	if err := tc.srv.store.AddUser(ctx, store.User{Name: "sensor", Role: "agent", Hash: hash}); err != nil {
+		t.Fatal(err)
+	}
+	u, _ := welcome(t, c, withCreds("by-user", &pb.Credentials{User: "sensor", Password: "sensor-password"}))
+	if ok, err := tc.srv.store.DisableUser(ctx, "sensor"); err != nil || !ok {
+		t.Fatalf("disable: %v %v", ok, err)
+	}
+	m, err = u.stream.Recv()
+	if r := m.GetRefusal(); err != nil || r == nil || r.Reason != pb.Refusal_REASON_BAD_CREDENTIALS {
+		t.Fatalf("after disabling the user: %v %v, want a BAD_CREDENTIALS refusal", m, err)
+	}
+	u.wantCode(codes.Unauthenticated, "disabled")
 }
