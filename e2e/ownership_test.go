@@ -179,8 +179,12 @@ func TestSourceOwnership(t *testing.T) {
 	if r := h.forge(hostileHello(attacker, web1, "web1", "new-owner")); r != nil {
 		t.Fatalf("new owner after reassign: %v", r)
 	}
-	if r := h.forge(hostileHello(victim, web1, "web1", "old-owner")); r == nil || r.Reason != pb.Refusal_REASON_SOURCE_OWNED {
-		t.Fatalf("old owner after reassign: %v", r)
+	// The old owner's agent is told, and stops.
+	old := start(t, nil, "old-owner", "agent", "--connect", addr, "--pin", pin, "--token", victim,
+		"--source", "file:"+filepath.Join(replayDir, "udp300.pcap")+":name=web1,uuid="+web1)
+	if code := old.wait(30 * time.Second); code == 0 || !strings.Contains(old.output(), "SOURCE_OWNED") ||
+		!strings.Contains(old.output(), "belongs to token:"+attackerID) || strings.Contains(old.output(), "unreachable") {
+		t.Fatalf("old owner's agent after reassign: exit %d\n%s", code, old.output())
 	}
 }
 
