@@ -94,7 +94,7 @@ func (s *session) kickedErr(stream pb.Capture_StreamServer) error {
 		stream.Send(&pb.CollectorMessage{Msg: &pb.CollectorMessage_Refusal{Refusal: ref}})
 		return status.Error(refusalCode(ref.Reason), ref.Message)
 	}
-	return status.Error(codes.Aborted, "replaced by a newer stream of this source from the same credential; if two agents use one source uuid, give each its own")
+	return status.Error(codes.Aborted, "replaced by a newer stream of this source (its agent reconnected or restarted); if two agents use one source uuid, give each its own")
 }
 
 // recvResult is one Recv's outcome.
