@@ -72,7 +72,7 @@ type principal struct {
 }
 
 // insecurePrincipal is everyone when the collector runs without TLS.
-var insecurePrincipal = principal{owner: "insecure", display: "anonymous (insecure)"}
+var insecurePrincipal = principal{owner: store.OwnerInsecure, display: "anonymous (insecure)"}
 
 // mayName reports whether p may create or stream a source called name.
 func (p principal) mayName(name string) bool {

@@ -34,13 +34,20 @@ func (e *LimitError) Error() string {
 	return fmt.Sprintf("%s owns %d sources already, the most one credential may", e.Owner, e.Max)
 }
 
+// OwnerInsecure owns the sources streamed to a collector without
+// credentials (--insecure). It is no identity: it is never refused, and
+// the sources it owns go to the first credential that streams them once
+// the collector requires credentials.
+const OwnerInsecure = "insecure"
+
 // ClaimSource checks that owner may stream source uuid under name, and
 // records the source as owner's when it is new or has no owner yet. It
 // refuses with *OwnedError when the UUID, or another UUID of the same name,
-// belongs to another credential, and with *LimitError when a new claim
-// would give owner more than maxOwned sources (zero: no limit). It reports
-// whether it claimed the source. Claims are serialised by the database, so
-// concurrent claims cannot pass the limit.
+// belongs to another credential (OwnerInsecure and "" are nobody), and
+// with *LimitError when a new claim would give owner more than maxOwned
+// sources (zero: no limit). It reports whether it claimed the source.
+// Claims are serialised by the database, so concurrent claims cannot pass
+// the limit.
 func (s *Store) ClaimSource(ctx context.Context, uuid, name, owner string, maxOwned int) (claimed bool, err error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -53,12 +60,25 @@ func (s *Store) ClaimSource(ctx context.Context, uuid, name, owner string, maxOw
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return false, fmt.Errorf("claim source %s: %w", uuid, err)
 	}
-	if exists && cur != "" && cur != owner {
+	if owner == OwnerInsecure {
+		// No credentials: nothing to check, and nobody's source to take.
+		if !exists {
+			now := time.Now().UnixNano()
+			if _, err := tx.ExecContext(ctx, `INSERT INTO sources (uuid, name, owner, first_seen, last_seen) VALUES (?, ?, ?, ?, ?)`,
+				uuid, name, owner, now, now); err != nil {
+				return false, fmt.Errorf("claim source %s: %w", uuid, err)
+			}
+			return true, tx.Commit()
+		}
+		return false, nil
+	}
+	ownerless := cur == "" || cur == OwnerInsecure
+	if exists && !ownerless && cur != owner {
 		return false, &OwnedError{UUID: uuid, Name: name, Owner: cur}
 	}
 	var otherUUID, otherOwner string
-	err = tx.QueryRowContext(ctx, `SELECT uuid, owner FROM sources WHERE name = ? AND uuid != ? AND owner != '' AND owner != ? LIMIT 1`,
-		name, uuid, owner).Scan(&otherUUID, &otherOwner)
+	err = tx.QueryRowContext(ctx, `SELECT uuid, owner FROM sources WHERE name = ? AND uuid != ? AND owner NOT IN ('', ?, ?) LIMIT 1`,
+		name, uuid, OwnerInsecure, owner).Scan(&otherUUID, &otherOwner)
 	if err == nil {
 		return false, &OwnedError{UUID: otherUUID, Name: name, Owner: otherOwner, ByName: true}
 	}

@@ -44,6 +44,20 @@ func TestClaimSource(t *testing.T) {
 	if claimed, err := st.ClaimSource(ctx, "legacy", "old", b, 0); err != nil || !claimed {
 		t.Fatalf("ownerless source: %v %v", claimed, err)
 	}
+	// Without credentials nothing is refused and nothing is taken; what
+	// was streamed without credentials goes to the first credential.
+	if claimed, err := st.ClaimSource(ctx, "u1", "web1", OwnerInsecure, 0); err != nil || claimed {
+		t.Fatalf("insecure on an owned source: %v %v", claimed, err)
+	}
+	if claimed, err := st.ClaimSource(ctx, "trial", "trial", OwnerInsecure, 0); err != nil || !claimed {
+		t.Fatalf("insecure, new source: %v %v", claimed, err)
+	}
+	if _, err := st.ClaimSource(ctx, "trial2", "trial", b, 0); err != nil {
+		t.Fatalf("a credential on a name streamed without credentials: %v", err)
+	}
+	if claimed, err := st.ClaimSource(ctx, "trial", "trial", b, 0); err != nil || !claimed {
+		t.Fatalf("a credential on a source streamed without credentials: %v %v", claimed, err)
+	}
 	changed, err := st.SetSourceOwner(ctx, "web1", b)
 	if err != nil || len(changed) != 1 || changed[0].Owner != a {
 		t.Fatalf("reassign: %+v %v", changed, err)
