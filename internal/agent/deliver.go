@@ -59,7 +59,11 @@ func (r *sourceRun) deliver(ctx context.Context) error {
 		wait := bo.next()
 		r.stats.reconnects.Add(1)
 		msg := "stream to collector failed; retrying"
-		if status.Code(err) == codes.Unavailable && !progressed {
+		var refused *RefusedError
+		switch {
+		case errors.As(err, &refused):
+			msg = "collector refused the source for now; retrying"
+		case status.Code(err) == codes.Unavailable && !progressed:
 			msg = "collector unreachable; retrying"
 		}
 		b, p, _ := r.q.pending()
@@ -138,7 +142,8 @@ func (r *sourceRun) session(ctx context.Context) (progressed bool, err error) {
 	}
 
 	before := r.q.lastAcked()
-	g.Go(func() error { return r.sendLoop(sctx, stream) })
+	keepalive := time.Duration(m.GetWelcome().GetKeepaliveIntervalMs()) * time.Millisecond
+	g.Go(func() error { return r.sendLoop(sctx, stream, keepalive) })
 	g.Go(func() error {
 		err := r.recvLoop(stream)
 		cancel() // the stream is over: release sendLoop
@@ -148,9 +153,40 @@ func (r *sourceRun) session(ctx context.Context) (progressed bool, err error) {
 	return r.q.lastAcked() > before, err
 }
 
-func (r *sourceRun) sendLoop(ctx context.Context, stream pb.Capture_StreamClient) error {
+// sendLoop sends the queue's batches on stream. When keepalive is not
+// zero (the collector asked for it in Welcome), it sends a Keepalive after
+// that long without sending anything, so that the collector can tell an
+// idle agent from a dead or squatting stream.
+func (r *sourceRun) sendLoop(ctx context.Context, stream pb.Capture_StreamClient, keepalive time.Duration) error {
+	var idle *time.Timer
+	var idleC <-chan time.Time
+	if keepalive > 0 {
+		idle = time.NewTimer(keepalive)
+		defer idle.Stop()
+		idleC = idle.C
+	}
+	// send sends m; a stream that is over waits for recvLoop, which
+	// receives the status that says why (only one goroutine may call Recv).
+	send := func(m *pb.AgentMessage) (over bool, err error) {
+		err = stream.Send(m)
+		if idle != nil {
+			idle.Reset(keepalive)
+		}
+		if errors.Is(err, io.EOF) {
+			<-ctx.Done()
+			return true, nil
+		}
+		return false, err
+	}
+	keepaliveMsg := &pb.AgentMessage{Msg: &pb.AgentMessage_Keepalive{Keepalive: &pb.Keepalive{}}}
 	for {
-		b, recs, err := r.q.next(ctx)
+		b, recs, err := r.q.nextOrIdle(ctx, idleC)
+		if errors.Is(err, errIdle) {
+			if over, err := send(keepaliveMsg); over || err != nil {
+				return err
+			}
+			continue
+		}
 		if errors.Is(err, errQueueDone) {
 			// Everything was sent; close our side once it is all acked.
 			for {
@@ -160,6 +196,10 @@ func (r *sourceRun) sendLoop(ctx context.Context, stream pb.Capture_StreamClient
 				}
 				select {
 				case <-change:
+				case <-idleC:
+					if over, err := send(keepaliveMsg); over || err != nil {
+						return err
+					}
 				case <-ctx.Done():
 					return ctx.Err()
 				}
@@ -189,15 +229,9 @@ func (r *sourceRun) sendLoop(ctx context.Context, stream pb.Capture_StreamClient
 			r.log.Warn("a spooled batch was lost; reporting its packets as dropped", "seq", bm.Seq, "packets", b.packets)
 		}
 		sendStart := time.Now()
-		err = stream.Send(&pb.AgentMessage{Msg: &pb.AgentMessage_Batch{Batch: bm}})
+		over, err := send(&pb.AgentMessage{Msg: &pb.AgentMessage_Batch{Batch: bm}})
 		r.comp.sent(time.Since(sendStart))
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				// The stream is over; recvLoop receives the status that
-				// says why (only one goroutine may call Recv).
-				<-ctx.Done()
-				return nil
-			}
+		if over || err != nil {
 			return err
 		}
 	}
@@ -250,13 +284,27 @@ func recvErr(stream pb.Capture_StreamClient, sendErr error) error {
 	}
 }
 
+// refusalError turns the collector's refusal into an error: a
+// *RefusedError for what may pass (retried), a *PermanentError for what
+// retrying cannot fix (bad or revoked credentials, a source another
+// credential owns).
 func refusalError(ref *pb.Refusal) error {
 	switch ref.Reason {
 	case pb.Refusal_REASON_DUPLICATE_SOURCE, pb.Refusal_REASON_RESOURCE_LIMIT,
 		pb.Refusal_REASON_SHUTTING_DOWN, pb.Refusal_REASON_STORAGE_UNAVAILABLE:
-		return status.Errorf(codes.Unavailable, "collector refused the source (%s): %s", ref.Reason, ref.Message)
+		return &RefusedError{Reason: ref.Reason, Msg: ref.Message}
 	}
 	return &PermanentError{Reason: ref.Reason, Msg: ref.Message}
+}
+
+// RefusedError is a refusal that may pass: the agent retries.
+type RefusedError struct {
+	Reason pb.Refusal_Reason
+	Msg    string
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("collector refused the source (%s): %s", e.Reason, e.Msg)
 }
 
 // backoffPolicy is capped exponential backoff with full jitter on the upper

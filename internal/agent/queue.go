@@ -205,6 +205,14 @@ func (q *queue) evictLocked(want int) {
 // waits for a batch, and returns errQueueDone when the queue is closed and
 // everything has been handed out.
 func (q *queue) next(ctx context.Context) (*batch, []byte, error) {
+	return q.nextOrIdle(ctx, nil)
+}
+
+// errIdle is nextOrIdle's answer when idle fired before a batch came.
+var errIdle = errors.New("no batch to send")
+
+// nextOrIdle is next that also returns errIdle when idle fires first.
+func (q *queue) nextOrIdle(ctx context.Context, idle <-chan time.Time) (*batch, []byte, error) {
 	for {
 		q.mu.Lock()
 		if q.sent < len(q.items) {
@@ -232,6 +240,8 @@ func (q *queue) next(ctx context.Context) (*batch, []byte, error) {
 		}
 		select {
 		case <-change:
+		case <-idle:
+			return nil, nil, errIdle
 		case <-ctx.Done():
 			return nil, nil, ctx.Err()
 		}

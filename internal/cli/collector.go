@@ -35,6 +35,8 @@ type collectorFlags struct {
 	maxMessage       bytesize.Size
 	decompressMemory bytesize.Size
 	shutdownTimeout  time.Duration
+	maxSources       int
+	idleTimeout      time.Duration
 
 	format        string
 	rotateSize    bytesize.Size
@@ -83,6 +85,13 @@ token (tapstream token create --role agent) or a user and password
 --insecure turns TLS and authentication off and listens on loopback unless
 --listen says otherwise.
 
+A source belongs to the credential that first streamed it (a token, a user,
+or a client certificate's subject); another credential is refused, by the
+source's UUID or by its name, until an admin runs tapstream sources
+reassign. One credential creates at most --max-sources-per-credential
+sources. Revoking a token, disabling a user or reassigning a source ends
+its live streams within seconds.
+
 Stop it with SIGINT or SIGTERM: it stores and acks the batches in hand,
 closes every file and prints per-source counters.`, collector.DefaultPort),
 		Example: `  tapstream collector --data /var/lib/tapstream
@@ -103,6 +112,8 @@ closes every file and prints per-source counters.`, collector.DefaultPort),
 	fl.StringVar(&f.uriPrefix, "uri-prefix", "", "path prefix a proxy keeps in front of the gRPC path, e.g. /tapstream")
 	fl.IntVar(&f.maxConns, "max-conns", collector.DefaultMaxConns, "connections at most, in all")
 	fl.IntVar(&f.maxConnsPerIP, "max-conns-per-addr", collector.DefaultMaxConnsPerIP, "connections at most from one address")
+	fl.IntVar(&f.maxSources, "max-sources-per-credential", collector.DefaultMaxSourcesPerOwner, "sources one token, user or client certificate may create (-1: no limit)")
+	fl.DurationVar(&f.idleTimeout, "stream-idle-timeout", collector.DefaultStreamIdleTimeout, "end a stream that sends no batch and no keepalive for this long (agents send a keepalive after a third of it)")
 	fl.BoolVar(&f.fsync, "fsync", false, "sync each batch to disk before acking it")
 	fl.Var(&f.maxMessage, "max-message-size", "largest message accepted from an agent")
 	fl.Var(&f.decompressMemory, "decompress-memory", "memory all streams share for decompressing batches; a stream waits its turn beyond it")
@@ -190,6 +201,9 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 		URIPrefix:        f.uriPrefix,
 		MaxConns:         f.maxConns,
 		MaxConnsPerIP:    f.maxConnsPerIP,
+
+		MaxSourcesPerOwner: f.maxSources,
+		StreamIdleTimeout:  f.idleTimeout,
 	})
 	if err != nil {
 		return err

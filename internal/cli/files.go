@@ -97,7 +97,7 @@ func newFilesCmd(g *globals) *cobra.Command {
 		Short: "List the capture files in the catalog",
 		Long: `List the capture files the collector recorded in its catalog
 (DATA/tapstream.db): source, state, first and last packet time (UTC),
-packets, size and path. States: open (being written), closed (complete),
+packets, size, the credential whose stream wrote it, and path. States: open (being written), closed (complete),
 missing (removed behind the collector's back) and deleted (by retention;
 shown with --all).`,
 		Example: `  tapstream files --data /var/lib/tapstream
@@ -119,7 +119,7 @@ shown with --all).`,
 				return int(a.ID - b.ID)
 			})
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SOURCE\tSTATE\tFIRST PACKET\tLAST PACKET\tPACKETS\tSIZE\tPATH")
+			fmt.Fprintln(tw, "SOURCE\tSTATE\tFIRST PACKET\tLAST PACKET\tPACKETS\tSIZE\tWRITER\tPATH")
 			var n int
 			var packets uint64
 			var size int64
@@ -131,8 +131,8 @@ shown with --all).`,
 				if (from != "" || to != "") && !overlaps(f, lo, hi) {
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", src.Name, f.State, fmtTime(f.FirstTS), fmtTime(f.LastTS),
-					f.Packets, bytesize.Size(f.Size).Human(), f.Path)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", src.Name, f.State, fmtTime(f.FirstTS), fmtTime(f.LastTS),
+					f.Packets, bytesize.Size(f.Size).Human(), orDash(f.Writer), f.Path)
 				n++
 				packets += f.Packets
 				size += f.Size
@@ -203,8 +203,9 @@ func newSourcesCmd(g *globals) *cobra.Command {
 		Long: `List every source the collector has stored: its state (streaming,
 paused while storage is full, disconnected), when it was last seen, and
 its totals of packets stored and packets lost (kernel, interface, agent),
-and its capture gaps: stretches lost without being counted because the
-agent was killed or crashed (tapstream files lists them).`,
+its capture gaps: stretches lost without being counted because the agent
+was killed or crashed (tapstream files lists them), and the credential that
+owns it (tapstream sources reassign changes it).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := openCatalog(data)
@@ -225,7 +226,7 @@ agent was killed or crashed (tapstream files lists them).`,
 				gapCount[gp.SourceUUID]++
 			}
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SOURCE\tHOST\tSTATE\tLAST SEEN\tPACKETS\tBYTES\tKERNEL DROPS\tIF DROPS\tAGENT DROPS\tGAPS\tUUID")
+			fmt.Fprintln(tw, "SOURCE\tHOST\tSTATE\tLAST SEEN\tPACKETS\tBYTES\tKERNEL DROPS\tIF DROPS\tAGENT DROPS\tGAPS\tOWNER\tUUID")
 			for _, s := range srcs {
 				state := s.State
 				if s.StateDetail != "" {
@@ -234,13 +235,21 @@ agent was killed or crashed (tapstream files lists them).`,
 				if !s.EndedUncleanAt.IsZero() {
 					state += " (stream broke " + s.EndedUncleanAt.UTC().Format(time.RFC3339) + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\n", s.Name, s.Hostname, state,
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", s.Name, s.Hostname, state,
 					s.LastSeen.UTC().Format(time.RFC3339), s.Packets, bytesize.Size(s.Bytes).Human(),
-					s.KernelDrops, s.InterfaceDrops, s.AgentDrops, gapCount[s.UUID], s.UUID)
+					s.KernelDrops, s.InterfaceDrops, s.AgentDrops, gapCount[s.UUID], orDash(s.Owner), s.UUID)
 			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+	cmd.AddCommand(newSourcesReassignCmd(g))
 	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -3,6 +3,8 @@ package cli
 import (
 	"fmt"
 	"os"
+	"path"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -24,13 +26,19 @@ the token itself is shown once, when it is created.`,
 	cmd.PersistentFlags().StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
 
 	var role, name, expires string
+	var sources []string
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a token and print it",
 		Long: `Create a token and print it. The token is the last word of the last line,
-so scripts can take it with: tapstream token create ... | tail -1 | awk '{print $NF}'`,
-		Example: `  tapstream token create --data /var/lib/tapstream --role agent --name web1 --expires 90d`,
-		Args:    cobra.NoArgs,
+so scripts can take it with: tapstream token create ... | tail -1 | awk '{print $NF}'
+
+Sources belong to the token that first streamed them: another token is
+refused. --sources limits an agent token further to source names matching
+one of its patterns (shell globs: *, ?, [a-z]), such as 'web*,db?'.`,
+		Example: `  tapstream token create --data /var/lib/tapstream --role agent --name web1 --expires 90d
+  tapstream token create --data /var/lib/tapstream --role agent --name web-fleet --sources 'web*'`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r, err := auth.ParseRole(role)
 			if err != nil {
@@ -39,6 +47,11 @@ so scripts can take it with: tapstream token create ... | tail -1 | awk '{print 
 			life, err := auth.ParseExpiry(expires)
 			if err != nil {
 				return usageError{err}
+			}
+			for _, p := range sources {
+				if _, err := path.Match(p, ""); err != nil || p == "" {
+					return usagef("--sources %q: not a pattern (use shell globs such as web* or db?)", p)
+				}
 			}
 			st, err := openStore(data)
 			if err != nil {
@@ -52,7 +65,7 @@ so scripts can take it with: tapstream token create ... | tail -1 | awk '{print 
 			if name == "" {
 				name = string(r) + "-" + id
 			}
-			t := store.Token{ID: id, Name: name, Role: string(r), Hash: hash}
+			t := store.Token{ID: id, Name: name, Role: string(r), Hash: hash, Sources: sources}
 			exp := "never"
 			if life > 0 {
 				t.ExpiresAt = time.Now().Add(life)
@@ -61,7 +74,11 @@ so scripts can take it with: tapstream token create ... | tail -1 | awk '{print 
 			if err := st.AddToken(cmd.Context(), t); err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "created token %s: name %s, role %s, expires %s\n", id, name, r, exp)
+			scope := "any source"
+			if len(sources) > 0 {
+				scope = "sources " + strings.Join(sources, ",")
+			}
+			fmt.Fprintf(g.stdout, "created token %s: name %s, role %s, %s, expires %s\n", id, name, r, scope, exp)
 			fmt.Fprintf(g.stdout, "this is the only time the token is shown:\n%s\n", tok)
 			return nil
 		},
@@ -69,6 +86,7 @@ so scripts can take it with: tapstream token create ... | tail -1 | awk '{print 
 	create.Flags().StringVar(&role, "role", "agent", "agent, viewer or admin")
 	create.Flags().StringVar(&name, "name", "", "a name to recognise it by")
 	create.Flags().StringVar(&expires, "expires", "", "lifetime, such as 30d or 12h (default: never)")
+	create.Flags().StringSliceVar(&sources, "sources", nil, "only source names matching these patterns, comma-separated (default: any)")
 
 	list := &cobra.Command{
 		Use:   "list",
@@ -85,7 +103,7 @@ so scripts can take it with: tapstream token create ... | tail -1 | awk '{print 
 				return err
 			}
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tROLE\tCREATED\tEXPIRES\tSTATE\tLAST USED")
+			fmt.Fprintln(tw, "ID\tNAME\tROLE\tSOURCES\tCREATED\tEXPIRES\tSTATE\tLAST USED")
 			for _, t := range toks {
 				state := "active"
 				switch {
@@ -94,7 +112,11 @@ so scripts can take it with: tapstream token create ... | tail -1 | awk '{print 
 				case !t.ExpiresAt.IsZero() && time.Now().After(t.ExpiresAt):
 					state = "expired"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Role, day(t.CreatedAt), orNever(t.ExpiresAt), state, orNever(t.LastUsed))
+				scope := "*"
+				if len(t.Sources) > 0 {
+					scope = strings.Join(t.Sources, ",")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Role, scope, day(t.CreatedAt), orNever(t.ExpiresAt), state, orNever(t.LastUsed))
 			}
 			return tw.Flush()
 		},
@@ -102,7 +124,7 @@ so scripts can take it with: tapstream token create ... | tail -1 | awk '{print 
 
 	revoke := &cobra.Command{
 		Use:   "revoke ID|NAME",
-		Short: "Revoke a token; agents using it are refused from their next connection",
+		Short: "Revoke a token; its live streams end within seconds and it is refused from then on",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := openStore(data)

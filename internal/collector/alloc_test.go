@@ -24,7 +24,7 @@ func (s *ackStream) Context() context.Context        { return context.Background
 func newTestSession(t testing.TB) *session {
 	t.Helper()
 	tc := startCollector(t, nil)
-	sess, ref := tc.srv.admit(newHello("allocs"), "test")
+	sess, ref := tc.srv.admit(newHello("allocs"), "test", insecurePrincipal)
 	if ref != nil {
 		t.Fatalf("refused: %v", ref)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path"
 	"sync"
 	"time"
 
@@ -58,16 +59,44 @@ func checkHello(h *pb.Hello) *pb.Refusal {
 	return nil
 }
 
+// principal is who a stream authenticated as.
+type principal struct {
+	// owner is the stable key sources and files are recorded under:
+	// "token:ID", "user:NAME", "cert:SUBJECT", or "insecure".
+	owner string
+	// display is for logs and messages: the token's name too.
+	display string
+	// sources are the name patterns (path.Match) a scoped token may
+	// stream; empty allows any name.
+	sources []string
+}
+
+// insecurePrincipal is everyone when the collector runs without TLS.
+var insecurePrincipal = principal{owner: store.OwnerInsecure, display: "anonymous (insecure)"}
+
+// mayName reports whether p may create or stream a source called name.
+func (p principal) mayName(name string) bool {
+	if len(p.sources) == 0 {
+		return true
+	}
+	for _, pat := range p.sources {
+		if ok, _ := path.Match(pat, name); ok {
+			return true
+		}
+	}
+	return false
+}
+
 // authenticate decides who the agent is, from a client certificate or the
-// credentials in its Hello. It returns a printable principal, or a typed
-// refusal. Failures count towards the address's rate limit.
-func (s *Server) authenticate(ctx context.Context, h *pb.Hello, remote string) (string, *pb.Refusal) {
+// credentials in its Hello. It returns the principal, or a typed refusal.
+// Failures count towards the address's rate limit.
+func (s *Server) authenticate(ctx context.Context, h *pb.Hello, remote string) (principal, *pb.Refusal) {
 	if s.cfg.TLS == nil {
-		return "anonymous (insecure)", nil
+		return insecurePrincipal, nil
 	}
 	ip := remoteIP(remote)
 	if wait := s.failures.blocked(ip); wait > 0 {
-		return "", &pb.Refusal{Reason: pb.Refusal_REASON_RESOURCE_LIMIT,
+		return principal{}, &pb.Refusal{Reason: pb.Refusal_REASON_RESOURCE_LIMIT,
 			Message: fmt.Sprintf("too many failed attempts from %s; try again in %v", ip, wait.Round(time.Second))}
 	}
 	who, ref := s.checkCredentials(ctx, h)
@@ -80,60 +109,81 @@ func (s *Server) authenticate(ctx context.Context, h *pb.Hello, remote string) (
 	return who, ref
 }
 
-func (s *Server) checkCredentials(ctx context.Context, h *pb.Hello) (string, *pb.Refusal) {
-	refuse := func(r pb.Refusal_Reason, format string, args ...any) (string, *pb.Refusal) {
-		return "", &pb.Refusal{Reason: r, Message: fmt.Sprintf(format, args...)}
-	}
+// certPrincipal is the principal of a verified client certificate, if
+// the stream has one.
+func certPrincipal(ctx context.Context) (principal, bool) {
 	if p, ok := peer.FromContext(ctx); ok {
 		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 {
-			return "certificate " + ti.State.VerifiedChains[0][0].Subject.CommonName, nil
+			subj := ti.State.VerifiedChains[0][0].Subject.String()
+			return principal{owner: "cert:" + subj, display: "certificate " + subj}, true
 		}
+	}
+	return principal{}, false
+}
+
+// checkCredentials checks the credentials a stream presents: a client
+// certificate, or the token or user in its Hello.
+func (s *Server) checkCredentials(ctx context.Context, h *pb.Hello) (principal, *pb.Refusal) {
+	if p, ok := certPrincipal(ctx); ok {
+		return p, nil
 	}
 	c := h.GetCredentials()
 	switch {
 	case c.GetToken() != "":
 		id, secret, err := auth.ParseToken(c.GetToken())
 		if err != nil {
-			return refuse(pb.Refusal_REASON_BAD_CREDENTIALS, "the token is not a tapstream token (tst_...)")
+			return principal{}, refusal(pb.Refusal_REASON_BAD_CREDENTIALS, "the token is not a tapstream token (tst_...)")
 		}
 		t, err := s.store.GetToken(ctx, id)
 		if errors.Is(err, store.ErrNotFound) || err == nil && !auth.SecretMatches(secret, t.Hash) {
-			return refuse(pb.Refusal_REASON_BAD_CREDENTIALS, "unknown or wrong token")
+			return principal{}, refusal(pb.Refusal_REASON_BAD_CREDENTIALS, "unknown or wrong token")
 		}
 		if err != nil {
 			s.log.Error("state database", "err", err)
-			return refuse(pb.Refusal_REASON_STORAGE_UNAVAILABLE, "collector cannot check the token now")
+			return principal{}, refusal(pb.Refusal_REASON_STORAGE_UNAVAILABLE, "collector cannot check the token now")
 		}
-		switch {
-		case !t.RevokedAt.IsZero():
-			return refuse(pb.Refusal_REASON_TOKEN_REVOKED, "token %s (%s) was revoked on %s", t.ID, t.Name, t.RevokedAt.UTC().Format(time.RFC3339))
-		case !t.ExpiresAt.IsZero() && time.Now().After(t.ExpiresAt):
-			return refuse(pb.Refusal_REASON_TOKEN_EXPIRED, "token %s (%s) expired on %s", t.ID, t.Name, t.ExpiresAt.UTC().Format(time.RFC3339))
-		case !auth.Role(t.Role).MayStream():
-			return refuse(pb.Refusal_REASON_FORBIDDEN_ROLE, "token %s has role %s; streaming needs an agent token (tapstream token create --role agent)", t.ID, t.Role)
+		if ref := tokenValid(t); ref != nil {
+			return principal{}, ref
 		}
 		s.store.TouchToken(ctx, t.ID)
-		return "token " + t.ID + " (" + t.Name + ")", nil
+		return principal{owner: "token:" + t.ID, display: "token " + t.ID + " (" + t.Name + ")", sources: t.Sources}, nil
 	case c.GetUser() != "":
 		u, err := s.store.GetUser(ctx, c.GetUser())
 		if errors.Is(err, store.ErrNotFound) {
 			auth.DummyPasswordCheck(c.GetPassword())
-			return refuse(pb.Refusal_REASON_BAD_CREDENTIALS, "unknown user or wrong password")
+			return principal{}, refusal(pb.Refusal_REASON_BAD_CREDENTIALS, "unknown user or wrong password")
 		}
 		if err != nil {
 			s.log.Error("state database", "err", err)
-			return refuse(pb.Refusal_REASON_STORAGE_UNAVAILABLE, "collector cannot check the password now")
+			return principal{}, refusal(pb.Refusal_REASON_STORAGE_UNAVAILABLE, "collector cannot check the password now")
 		}
 		if !auth.PasswordMatches(c.GetPassword(), u.Hash) || u.Disabled {
-			return refuse(pb.Refusal_REASON_BAD_CREDENTIALS, "unknown user or wrong password")
+			return principal{}, refusal(pb.Refusal_REASON_BAD_CREDENTIALS, "unknown user or wrong password")
 		}
 		if !auth.Role(u.Role).MayStream() {
-			return refuse(pb.Refusal_REASON_FORBIDDEN_ROLE, "user %s has role %s; streaming needs role agent", u.Name, u.Role)
+			return principal{}, refusal(pb.Refusal_REASON_FORBIDDEN_ROLE, "user %s has role %s; streaming needs role agent", u.Name, u.Role)
 		}
-		return "user " + u.Name, nil
+		return principal{owner: "user:" + u.Name, display: "user " + u.Name}, nil
 	}
-	return refuse(pb.Refusal_REASON_NO_CREDENTIALS,
+	return principal{}, refusal(pb.Refusal_REASON_NO_CREDENTIALS,
 		"this collector needs credentials: --token (make one with `tapstream token create --role agent`) or --user and --password")
+}
+
+// tokenValid refuses a token that is revoked, expired or may not stream.
+func tokenValid(t store.Token) *pb.Refusal {
+	switch {
+	case !t.RevokedAt.IsZero():
+		return refusal(pb.Refusal_REASON_TOKEN_REVOKED, "token %s (%s) was revoked on %s", t.ID, t.Name, t.RevokedAt.UTC().Format(time.RFC3339))
+	case !t.ExpiresAt.IsZero() && time.Now().After(t.ExpiresAt):
+		return refusal(pb.Refusal_REASON_TOKEN_EXPIRED, "token %s (%s) expired on %s", t.ID, t.Name, t.ExpiresAt.UTC().Format(time.RFC3339))
+	case !auth.Role(t.Role).MayStream():
+		return refusal(pb.Refusal_REASON_FORBIDDEN_ROLE, "token %s has role %s; streaming needs an agent token (tapstream token create --role agent)", t.ID, t.Role)
+	}
+	return nil
+}
+
+func refusal(r pb.Refusal_Reason, format string, args ...any) *pb.Refusal {
+	return &pb.Refusal{Reason: r, Message: fmt.Sprintf(format, args...)}
 }
 
 func remoteIP(addr string) string {

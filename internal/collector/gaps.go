@@ -81,7 +81,7 @@ func (s *session) recordGap(to int64) {
 // own shutdown and a takeover by the same capture run are not the agent's
 // end.
 func (s *session) endedUnclean(err error) bool {
-	if err == nil || status.Code(err) == codes.Aborted || s.srv.isStopping() {
+	if err == nil || status.Code(err) == codes.Aborted && !s.replacedByNewRun || s.srv.isStopping() {
 		if err == nil && s.gap != nil {
 			// The restarted agent delivered what it had and stopped
 			// cleanly: the gap runs from its last packet onwards.

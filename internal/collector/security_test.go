@@ -172,11 +172,12 @@ func TestHandshakeMatrix(t *testing.T) {
 		})
 	}
 
-	// A UUID streaming on a live connection cannot be claimed by another.
+	// A UUID streaming on a live connection cannot be claimed by another
+	// credential.
 	live, _ := welcome(t, c, withCreds("twin", &pb.Credentials{Token: good}))
-	twin := withCreds("twin", &pb.Credentials{Token: good})
+	twin := withCreds("twin", &pb.Credentials{Token: admin})
 	twin.SourceUuid = live.hello.SourceUuid
-	if got, err := helloErr(t, c, twin); err != nil || got != pb.Refusal_REASON_DUPLICATE_SOURCE {
+	if got, err := helloErr(t, c, twin); err != nil || got != pb.Refusal_REASON_SOURCE_OWNED {
 		t.Fatalf("duplicate UUID: %v %v", got, err)
 	}
 

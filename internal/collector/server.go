@@ -44,8 +44,18 @@ const (
 	DefaultShutdownTimeout = 10 * time.Second
 	// DefaultMaxStreamsPerConn bounds the sources one connection carries.
 	DefaultMaxStreamsPerConn = 64
-	DefaultRotateSize        = 256 << 20
-	DefaultRotateTime        = 15 * time.Minute
+	// DefaultMaxSourcesPerOwner bounds the sources one credential may
+	// create.
+	DefaultMaxSourcesPerOwner = 64
+	// DefaultStreamIdleTimeout ends a stream that sends nothing, not even
+	// a keepalive, for this long. Agents send a keepalive after a third
+	// of it without batches.
+	DefaultStreamIdleTimeout = 60 * time.Second
+	// DefaultRecheckInterval is how often live streams' credentials and
+	// source ownership are checked again.
+	DefaultRecheckInterval = 2 * time.Second
+	DefaultRotateSize      = 256 << 20
+	DefaultRotateTime      = 15 * time.Minute
 	// DefaultMaxClockAhead is how far in the future packets may be stamped.
 	DefaultMaxClockAhead = 24 * time.Hour
 	// clockWarnSkew is the agent clock offset, seen at Hello, that is
@@ -90,6 +100,16 @@ type Config struct {
 	// MaxAuthFailures an address may have in a minute before it is
 	// refused for a minute.
 	MaxAuthFailures int
+	// MaxSourcesPerOwner bounds the sources one credential may create;
+	// negative means no limit. Not applied without TLS (--insecure).
+	MaxSourcesPerOwner int
+	// StreamIdleTimeout ends a stream that sends no batch and no
+	// keepalive for this long.
+	StreamIdleTimeout time.Duration
+	// RecheckInterval is how often the credentials of live streams and
+	// the ownership of their sources are checked again, so that a
+	// revoked token or a reassigned source ends its streams.
+	RecheckInterval time.Duration
 
 	// Format of new files.
 	Format pcapfile.Format
@@ -154,6 +174,18 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxClockAhead == 0 {
 		c.MaxClockAhead = DefaultMaxClockAhead
+	}
+	if c.MaxSourcesPerOwner == 0 {
+		c.MaxSourcesPerOwner = DefaultMaxSourcesPerOwner
+	}
+	if c.StreamIdleTimeout == 0 {
+		c.StreamIdleTimeout = DefaultStreamIdleTimeout
+	}
+	if c.StreamIdleTimeout < 3*time.Second {
+		return fmt.Errorf("stream idle timeout %v below 3s", c.StreamIdleTimeout)
+	}
+	if c.RecheckInterval == 0 {
+		c.RecheckInterval = DefaultRecheckInterval
 	}
 	if c.MaxStreamsPerConn == 0 {
 		c.MaxStreamsPerConn = DefaultMaxStreamsPerConn
@@ -322,6 +354,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		if s.cfg.StatusInterval > 0 {
 			go s.statusLoop(storageCtx, s.cfg.StatusInterval)
 		}
+		if s.cfg.TLS != nil && s.cfg.RecheckInterval > 0 {
+			go s.recheckLoop(storageCtx, s.cfg.RecheckInterval)
+		}
 		s.manageStorage(storageCtx)
 	}()
 	defer func() {
@@ -435,13 +470,13 @@ func (s *Server) Stream(stream pb.Capture_StreamServer) error {
 		return err
 	}
 	ref := checkHello(hello)
-	var who string
+	var who principal
 	if ref == nil {
 		who, ref = s.authenticate(ctx, hello, remote)
 	}
 	var sess *session
 	if ref == nil {
-		sess, ref = s.admit(hello, remote)
+		sess, ref = s.admit(hello, remote, who)
 	}
 	if ref != nil {
 		log.Warn("refused source", "source", hello.GetSourceName(), "uuid", hello.GetSourceUuid(), "reason", ref.Reason, "err", ref.Message)
@@ -452,7 +487,7 @@ func (s *Server) Stream(stream pb.Capture_StreamServer) error {
 	log = log.With("source", sess.name, "uuid", sess.uuid, "session", sess.id)
 	sess.log = log
 	sess.planGap(sess.stored)
-	log.Info("agent connected", "as", who,
+	log.Info("agent connected", "as", who.display,
 		"hostname", hello.Hostname, "os", hello.Os, "arch", hello.Arch,
 		"interface", hello.Interface, "link_type", hello.LinkType, "snaplen", hello.Snaplen,
 		"filter", hello.Filter, "agent_version", hello.AgentVersion, "resume_after", sess.lastSeq)
@@ -468,6 +503,7 @@ func (s *Server) Stream(stream pb.Capture_StreamServer) error {
 		ResumeAfterSeq:        sess.lastSeq,
 		MaxMessageBytes:       uint32(s.cfg.MaxMessageBytes),
 		CollectorTimeUnixNano: time.Now().UnixNano(),
+		KeepaliveIntervalMs:   uint32(s.keepaliveInterval().Milliseconds()),
 	}}})
 	if err != nil {
 		return err
@@ -520,8 +556,15 @@ func (s *Server) recvHello(stream pb.Capture_StreamServer) (*pb.Hello, error) {
 	return h, nil
 }
 
-// admit validates hello and registers a session, or returns a refusal.
-func (s *Server) admit(h *pb.Hello, remote string) (*session, *pb.Refusal) {
+// keepaliveInterval is how long an agent with nothing to send waits before
+// it sends a keepalive: a third of the idle timeout.
+func (s *Server) keepaliveInterval() time.Duration { return s.cfg.StreamIdleTimeout / 3 }
+
+// admit validates hello, checks that who may stream the source, and
+// registers a session, or returns a refusal. A live stream of the same
+// source is taken over: the ownership check has passed, so it is the
+// same credential's (an agent reconnecting, or restarted after a crash).
+func (s *Server) admit(h *pb.Hello, remote string, who principal) (*session, *pb.Refusal) {
 	refuse := func(r pb.Refusal_Reason, format string, args ...any) (*session, *pb.Refusal) {
 		return nil, &pb.Refusal{Reason: r, Message: fmt.Sprintf(format, args...)}
 	}
@@ -549,6 +592,9 @@ func (s *Server) admit(h *pb.Hello, remote string) (*session, *pb.Refusal) {
 	if !filepath.IsLocal(name) || filepath.Dir(dir) != s.pcapDir {
 		return refuse(pb.Refusal_REASON_INVALID_HELLO, "source name %q is not a plain name", name)
 	}
+	if ref := s.claim(id.String(), name, who); ref != nil {
+		return nil, ref
+	}
 	// Create the directory now, well before a file in it closes: Arkime's
 	// monitor misses files closed right after their directory appears.
 	var dirCreated time.Time
@@ -571,17 +617,20 @@ func (s *Server) admit(h *pb.Hello, remote string) (*session, *pb.Refusal) {
 			break
 		}
 		s.mu.Unlock()
-		if old.captureID != h.CaptureId {
-			return refuse(pb.Refusal_REASON_DUPLICATE_SOURCE,
-				"source %s (%s) is already streaming from %s; give each agent's source its own name or uuid", id, name, old.remote)
-		}
-		// The same capture run reconnecting (its old connection may not
-		// have died yet): end the old stream and take over.
+		// The owner connecting again while its old stream lingers (the
+		// old connection may not have died yet, or the agent restarted
+		// after a crash): end the old stream and take over. The other
+		// side's address is logged here, never told to the caller.
+		s.log.Warn("a new stream of a live source takes over", "source", name, "uuid", id, "as", who.display,
+			"old_peer", old.remote, "old_capture", old.captureID, "new_peer", remote, "new_capture", h.CaptureId)
+		// A new capture run means the old one is over: whatever it had
+		// not delivered is gone, so its stream did not end cleanly.
+		old.replacedByNewRun = old.captureID != h.CaptureId
 		old.kick()
 		select {
 		case <-old.done:
 		case <-time.After(s.cfg.ShutdownTimeout):
-			return refuse(pb.Refusal_REASON_DUPLICATE_SOURCE, "previous stream of source %s is still closing", id)
+			return refuse(pb.Refusal_REASON_DUPLICATE_SOURCE, "previous stream of source %s (%s) is still closing; try again", id, name)
 		}
 	}
 	sess := &session{
@@ -591,6 +640,7 @@ func (s *Server) admit(h *pb.Hello, remote string) (*session, *pb.Refusal) {
 		name:       name,
 		captureID:  h.CaptureId,
 		remote:     remote,
+		who:        who,
 		hello:      h,
 		dir:        dir,
 		dirCreated: dirCreated,
@@ -633,7 +683,7 @@ func refusalCode(r pb.Refusal_Reason) codes.Code {
 	case pb.Refusal_REASON_NO_CREDENTIALS, pb.Refusal_REASON_BAD_CREDENTIALS,
 		pb.Refusal_REASON_TOKEN_EXPIRED, pb.Refusal_REASON_TOKEN_REVOKED:
 		return codes.Unauthenticated
-	case pb.Refusal_REASON_FORBIDDEN_ROLE:
+	case pb.Refusal_REASON_FORBIDDEN_ROLE, pb.Refusal_REASON_SOURCE_OWNED:
 		return codes.PermissionDenied
 	case pb.Refusal_REASON_DUPLICATE_SOURCE:
 		return codes.AlreadyExists

@@ -306,21 +306,26 @@ func TestResumeAfterReconnect(t *testing.T) {
 	}
 }
 
-func TestDuplicateLiveSourceRefused(t *testing.T) {
+// A second stream of a live source from the same credential (here: no
+// credentials, --insecure) is the agent again, restarted or reconnecting
+// before its old connection died: it takes over at once, and the old
+// stream ends.
+func TestSameOwnerTakesOverLiveSource(t *testing.T) {
 	tc := startCollector(t, nil)
 	c := dial(t, tc.addr)
 	hello := newHello("twin")
 	s, _ := welcome(t, c, hello)
-	other := newHello("twin")
-	other.SourceUuid = hello.SourceUuid // another agent claims the same UUID
-	s2, m := open(t, c, other)
-	if r := m.GetRefusal(); r == nil || r.Reason != pb.Refusal_REASON_DUPLICATE_SOURCE {
-		t.Fatalf("second claim got %v, want a DUPLICATE_SOURCE refusal", m)
-	}
-	s2.wantCode(codes.AlreadyExists, "already streaming")
-	// The first stream is unaffected.
 	s.send(batchMsg(1, packets(0, 5)))
 	s.wantAck(1)
+	restarted := newHello("twin")
+	restarted.SourceUuid = hello.SourceUuid // a new capture run of the same source
+	s2, _ := welcome(t, c, restarted)
+	s.wantCode(codes.Aborted, "replaced by a newer stream")
+	s2.send(batchMsg(1, packets(5, 5)))
+	s2.wantAck(1)
+	if err := s2.wantEnd(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestBadStreamsEndAloneWithClearErrors(t *testing.T) {

@@ -33,6 +33,7 @@ type session struct {
 	name      string
 	captureID string
 	remote    string
+	who       principal // the credential the stream authenticated as
 	hello     *pb.Hello
 	dir       string
 	log       *slog.Logger
@@ -62,8 +63,12 @@ type session struct {
 	packets, bytes, batches, duplicates atomic.Uint64
 
 	kickOnce sync.Once
-	kicked   chan struct{} // closed to end the stream for a takeover
-	done     chan struct{} // closed once the session is released
+	kicked   chan struct{} // closed to end the stream: a takeover, or end
+	endRef   *pb.Refusal   // set before kicked closes: why end ended it
+	// replacedByNewRun, set before kicked closes, says a new capture run
+	// of the source took over.
+	replacedByNewRun bool
+	done             chan struct{} // closed once the session is released
 }
 
 // fileCounters describe the open file, for rotation and pcapng statistics.
@@ -74,7 +79,29 @@ type fileCounters struct {
 	drops       store.Counters // drops reported while the file was open
 }
 
+// kick ends the stream for a takeover by a newer stream of its source.
+// kick ends the stream for a takeover; replacedByNewRun, set before it,
+// says whether the stream taking over belongs to another capture run.
 func (s *session) kick() { s.kickOnce.Do(func() { close(s.kicked) }) }
+
+// end ends the stream with a refusal: its credential was revoked or its
+// source reassigned.
+func (s *session) end(ref *pb.Refusal) {
+	s.kickOnce.Do(func() {
+		s.endRef = ref
+		close(s.kicked)
+	})
+}
+
+// kickedErr tells the agent why its stream ends after kick or end: a
+// Refusal message first, so that it stops retrying when it cannot help.
+func (s *session) kickedErr(stream pb.Capture_StreamServer) error {
+	if ref := s.endRef; ref != nil {
+		stream.Send(&pb.CollectorMessage{Msg: &pb.CollectorMessage_Refusal{Refusal: ref}})
+		return status.Error(refusalCode(ref.Reason), ref.Message)
+	}
+	return status.Error(codes.Aborted, "replaced by a newer stream of this source (its agent reconnected or restarted); if two agents use one source uuid, give each its own")
+}
 
 // recvResult is one Recv's outcome.
 type recvResult struct {
@@ -104,6 +131,11 @@ func (s *session) run(stream pb.Capture_StreamServer) error {
 		}
 	}()
 
+	// A stream that sends nothing, not even a keepalive, for the idle
+	// timeout ends, so that it cannot hold its source.
+	idleTimeout := s.srv.cfg.StreamIdleTimeout
+	idle := time.NewTimer(idleTimeout)
+	defer idle.Stop()
 	for {
 		var res recvResult
 		select {
@@ -111,7 +143,9 @@ func (s *session) run(stream pb.Capture_StreamServer) error {
 		case <-s.srv.shutdown:
 			return s.drain(stream, msgs)
 		case <-s.kicked:
-			return status.Error(codes.Aborted, "replaced by a newer stream of the same capture")
+			return s.kickedErr(stream)
+		case <-idle.C:
+			return status.Errorf(codes.DeadlineExceeded, "no batch or keepalive for %v: ending the stream", idleTimeout)
 		case <-stream.Context().Done():
 			return status.FromContextError(stream.Context().Err()).Err()
 		case <-s.ageC():
@@ -127,11 +161,14 @@ func (s *session) run(stream pb.Capture_StreamServer) error {
 		if res.err != nil {
 			return res.err
 		}
-		err := s.handle(stream, res.m)
-		wirecodec.Release(res.m.GetBatch())
-		if err != nil {
-			return err
+		if res.m.GetKeepalive() == nil {
+			err := s.handle(stream, res.m)
+			wirecodec.Release(res.m.GetBatch())
+			if err != nil {
+				return err
+			}
 		}
+		idle.Reset(idleTimeout)
 	}
 }
 
@@ -140,7 +177,7 @@ func (s *session) run(stream pb.Capture_StreamServer) error {
 func (s *session) drain(stream pb.Capture_StreamServer, msgs <-chan recvResult) error {
 	select {
 	case res := <-msgs:
-		if res.err == nil {
+		if res.err == nil && res.m.GetKeepalive() == nil {
 			err := s.handle(stream, res.m)
 			wirecodec.Release(res.m.GetBatch())
 			if err != nil {
@@ -421,7 +458,7 @@ func (s *session) waitForSpace(ctx context.Context, seq uint64) error {
 		case <-s.srv.shutdown:
 			return status.Error(codes.Unavailable, "collector is shutting down with storage full; reconnect later")
 		case <-s.kicked:
-			return status.Error(codes.Aborted, "replaced by a newer stream of the same capture")
+			return status.Error(codes.Aborted, "replaced by a newer stream of this source, or its credential was revoked")
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		}
@@ -524,7 +561,7 @@ func (s *session) create(first int64) error {
 			continue
 		}
 		id, err := s.srv.store.NewFile(ctx, store.File{SourceUUID: s.uuid.String(), Path: rel,
-			LinkType: s.hello.LinkType, Snaplen: int(s.hello.Snaplen), Size: hdrLen})
+			LinkType: s.hello.LinkType, Snaplen: int(s.hello.Snaplen), Size: hdrLen, Writer: s.who.owner})
 		if err != nil {
 			if taken, _ := s.srv.store.HasPath(ctx, rel); taken {
 				continue // a name the catalog already has

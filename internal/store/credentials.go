@@ -19,6 +19,9 @@ type Token struct {
 	ExpiresAt time.Time // zero: never
 	RevokedAt time.Time // zero: not revoked
 	LastUsed  time.Time
+	// Sources, when not empty, are the path.Match patterns of the source
+	// names the token may create and stream; empty allows any name.
+	Sources []string
 }
 
 func unixOrZero(ns int64) time.Time {
@@ -37,21 +40,30 @@ func nsOrZero(t time.Time) int64 {
 
 // AddToken stores a token.
 func (s *Store) AddToken(ctx context.Context, t Token) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (id, name, role, hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)`,
-		t.ID, t.Name, t.Role, t.Hash, time.Now().UnixNano(), nsOrZero(t.ExpiresAt))
+	for _, p := range t.Sources {
+		if p == "" || strings.Contains(p, ",") {
+			return fmt.Errorf("store token: source pattern %q is empty or holds a comma", p)
+		}
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (id, name, role, hash, created_at, expires_at, sources) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		t.ID, t.Name, t.Role, t.Hash, time.Now().UnixNano(), nsOrZero(t.ExpiresAt), strings.Join(t.Sources, ","))
 	if err != nil {
 		return fmt.Errorf("store token: %w", err)
 	}
 	return nil
 }
 
-const tokenCols = `id, name, role, hash, created_at, expires_at, revoked_at, last_used`
+const tokenCols = `id, name, role, hash, created_at, expires_at, revoked_at, last_used, sources`
 
 func scanToken(row interface{ Scan(...any) error }) (Token, error) {
 	var t Token
 	var c, e, r, l int64
-	if err := row.Scan(&t.ID, &t.Name, &t.Role, &t.Hash, &c, &e, &r, &l); err != nil {
+	var sources string
+	if err := row.Scan(&t.ID, &t.Name, &t.Role, &t.Hash, &c, &e, &r, &l, &sources); err != nil {
 		return t, err
+	}
+	if sources != "" {
+		t.Sources = strings.Split(sources, ",")
 	}
 	t.CreatedAt, t.ExpiresAt, t.RevokedAt, t.LastUsed = unixOrZero(c), unixOrZero(e), unixOrZero(r), unixOrZero(l)
 	return t, nil

@@ -51,6 +51,10 @@ type Source struct {
 	// without the agent's clean end (the agent was killed, crashed, or
 	// lost its link) and no stream has resumed it since.
 	EndedUncleanAt time.Time
+	// Owner is the credential that created the source ("token:ID",
+	// "user:NAME", "cert:SUBJECT", "insecure"); empty for a source made
+	// before ownership was recorded, which the next credential claims.
+	Owner string
 }
 
 // Counters are a source's running totals.
@@ -91,6 +95,9 @@ type File struct {
 	CreatedAt  time.Time
 	ClosedAt   time.Time
 	DeletedAt  time.Time
+	// Writer is the credential whose stream wrote the file (see
+	// Source.Owner); empty for files written before it was recorded.
+	Writer string
 }
 
 // Store is the state database.
@@ -266,8 +273,11 @@ var migrations = []string{
 	ALTER TABLE sources ADD COLUMN state_detail TEXT NOT NULL DEFAULT '';
 	CREATE INDEX files_state_first ON files(state, first_ts);
 	CREATE INDEX files_state_closed ON files(state, closed_at);`,
-	`CREATE INDEX files_state_created ON files(state, created_at);`,
-	`ALTER TABLE sources ADD COLUMN ended_unclean_at INTEGER NOT NULL DEFAULT 0;
+	// Version 4: retention by creation time; capture gaps; ownership (the
+	// credential that created each source, the one that wrote each file,
+	// and the source name patterns a token may stream).
+	`CREATE INDEX files_state_created ON files(state, created_at);
+	ALTER TABLE sources ADD COLUMN ended_unclean_at INTEGER NOT NULL DEFAULT 0;
 	CREATE TABLE gaps (
 		id          INTEGER PRIMARY KEY,
 		source_uuid TEXT NOT NULL REFERENCES sources(uuid),
@@ -276,7 +286,12 @@ var migrations = []string{
 		detected_at INTEGER NOT NULL,
 		reason      TEXT NOT NULL
 	);
-	CREATE INDEX gaps_source ON gaps(source_uuid, from_ts);`,
+	CREATE INDEX gaps_source ON gaps(source_uuid, from_ts);
+	ALTER TABLE sources ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+	ALTER TABLE files ADD COLUMN writer TEXT NOT NULL DEFAULT '';
+	ALTER TABLE tokens ADD COLUMN sources TEXT NOT NULL DEFAULT '';
+	CREATE INDEX sources_owner ON sources(owner);
+	CREATE INDEX sources_name ON sources(name);`,
 }
 
 func migrate(db *sql.DB) error {
@@ -316,10 +331,10 @@ func (s *Store) GetSource(ctx context.Context, uuid string) (Source, error) {
 	var first, last, unclean int64
 	err := s.db.QueryRowContext(ctx, `SELECT uuid, name, hostname, capture_id, last_seq, partial_seq, partial_records,
 		packets, bytes, batches, duplicates, kernel_drops, interface_drops, agent_drops, first_seen, last_seen, state, state_detail,
-		ended_unclean_at
+		ended_unclean_at, owner
 		FROM sources WHERE uuid = ?`, uuid).Scan(&src.UUID, &src.Name, &src.Hostname, &src.CaptureID, &src.LastSeq,
 		&src.PartialSeq, &src.PartialRecords, &src.Packets, &src.Bytes, &src.Batches, &src.Duplicates,
-		&src.KernelDrops, &src.InterfaceDrops, &src.AgentDrops, &first, &last, &src.State, &src.StateDetail, &unclean)
+		&src.KernelDrops, &src.InterfaceDrops, &src.AgentDrops, &first, &last, &src.State, &src.StateDetail, &unclean, &src.Owner)
 	if errors.Is(err, sql.ErrNoRows) {
 		return src, ErrNotFound
 	}
@@ -380,8 +395,8 @@ func (s *Store) StartCapture(ctx context.Context, uuid, name, hostname, captureI
 
 // NewFile adds an open file to the catalog before it is created on disk.
 func (s *Store) NewFile(ctx context.Context, f File) (int64, error) {
-	res, err := s.db.ExecContext(ctx, `INSERT INTO files (source_uuid, path, state, link_type, snaplen, size, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`, f.SourceUUID, f.Path, FileOpen, f.LinkType, f.Snaplen, f.Size, time.Now().UnixNano())
+	res, err := s.db.ExecContext(ctx, `INSERT INTO files (source_uuid, path, state, link_type, snaplen, size, created_at, writer)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, f.SourceUUID, f.Path, FileOpen, f.LinkType, f.Snaplen, f.Size, time.Now().UnixNano(), f.Writer)
 	if err != nil {
 		return 0, fmt.Errorf("catalog file %s: %w", f.Path, err)
 	}
@@ -424,7 +439,7 @@ func (s *Store) Files(ctx context.Context, states ...FileState) ([]File, error) 
 	return s.queryFiles(ctx, q, args...)
 }
 
-const fileColumns = `id, source_uuid, path, state, link_type, snaplen, size, packets, bytes, first_ts, last_ts, created_at, closed_at, deleted_at`
+const fileColumns = `id, source_uuid, path, state, link_type, snaplen, size, packets, bytes, first_ts, last_ts, created_at, closed_at, deleted_at, writer`
 
 func (s *Store) queryFiles(ctx context.Context, q string, args ...any) ([]File, error) {
 	rows, err := s.db.QueryContext(ctx, q, args...)
@@ -437,7 +452,7 @@ func (s *Store) queryFiles(ctx context.Context, q string, args ...any) ([]File, 
 		var f File
 		var created, closed, deleted int64
 		if err := rows.Scan(&f.ID, &f.SourceUUID, &f.Path, &f.State, &f.LinkType, &f.Snaplen, &f.Size, &f.Packets,
-			&f.Bytes, &f.FirstTS, &f.LastTS, &created, &closed, &deleted); err != nil {
+			&f.Bytes, &f.FirstTS, &f.LastTS, &created, &closed, &deleted, &f.Writer); err != nil {
 			return nil, err
 		}
 		f.CreatedAt = time.Unix(0, created)

@@ -137,6 +137,9 @@ const (
 	Refusal_REASON_RESOURCE_LIMIT      Refusal_Reason = 9
 	Refusal_REASON_SHUTTING_DOWN       Refusal_Reason = 10
 	Refusal_REASON_STORAGE_UNAVAILABLE Refusal_Reason = 11
+	// The source (its UUID or its name) belongs to another credential, or
+	// the token's --sources patterns do not allow its name.
+	Refusal_REASON_SOURCE_OWNED Refusal_Reason = 12
 )
 
 // Enum value maps for Refusal_Reason.
@@ -154,6 +157,7 @@ var (
 		9:  "REASON_RESOURCE_LIMIT",
 		10: "REASON_SHUTTING_DOWN",
 		11: "REASON_STORAGE_UNAVAILABLE",
+		12: "REASON_SOURCE_OWNED",
 	}
 	Refusal_Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":         0,
@@ -168,6 +172,7 @@ var (
 		"REASON_RESOURCE_LIMIT":      9,
 		"REASON_SHUTTING_DOWN":       10,
 		"REASON_STORAGE_UNAVAILABLE": 11,
+		"REASON_SOURCE_OWNED":        12,
 	}
 )
 
@@ -195,7 +200,7 @@ func (x Refusal_Reason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Refusal_Reason.Descriptor instead.
 func (Refusal_Reason) EnumDescriptor() ([]byte, []int) {
-	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{7, 0}
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{8, 0}
 }
 
 type Control_Action int32
@@ -241,7 +246,7 @@ func (x Control_Action) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Control_Action.Descriptor instead.
 func (Control_Action) EnumDescriptor() ([]byte, []int) {
-	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{10, 0}
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{11, 0}
 }
 
 type AgentMessage struct {
@@ -250,6 +255,7 @@ type AgentMessage struct {
 	//
 	//	*AgentMessage_Hello
 	//	*AgentMessage_Batch
+	//	*AgentMessage_Keepalive
 	Msg           isAgentMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -310,6 +316,15 @@ func (x *AgentMessage) GetBatch() *Batch {
 	return nil
 }
 
+func (x *AgentMessage) GetKeepalive() *Keepalive {
+	if x != nil {
+		if x, ok := x.Msg.(*AgentMessage_Keepalive); ok {
+			return x.Keepalive
+		}
+	}
+	return nil
+}
+
 type isAgentMessage_Msg interface {
 	isAgentMessage_Msg()
 }
@@ -322,9 +337,15 @@ type AgentMessage_Batch struct {
 	Batch *Batch `protobuf:"bytes,2,opt,name=batch,proto3,oneof"`
 }
 
+type AgentMessage_Keepalive struct {
+	Keepalive *Keepalive `protobuf:"bytes,3,opt,name=keepalive,proto3,oneof"`
+}
+
 func (*AgentMessage_Hello) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Batch) isAgentMessage_Msg() {}
+
+func (*AgentMessage_Keepalive) isAgentMessage_Msg() {}
 
 type CollectorMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -825,8 +846,12 @@ type Welcome struct {
 	ResumeAfterSeq        uint64 `protobuf:"varint,2,opt,name=resume_after_seq,json=resumeAfterSeq,proto3" json:"resume_after_seq,omitempty"`
 	MaxMessageBytes       uint32 `protobuf:"varint,3,opt,name=max_message_bytes,json=maxMessageBytes,proto3" json:"max_message_bytes,omitempty"` // largest AgentMessage the collector accepts
 	CollectorTimeUnixNano int64  `protobuf:"varint,4,opt,name=collector_time_unix_nano,json=collectorTimeUnixNano,proto3" json:"collector_time_unix_nano,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// When non-zero, the agent sends a Keepalive after this long without
+	// sending anything else; the collector ends a stream that sends nothing
+	// for a few such intervals.
+	KeepaliveIntervalMs uint32 `protobuf:"varint,5,opt,name=keepalive_interval_ms,json=keepaliveIntervalMs,proto3" json:"keepalive_interval_ms,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -887,8 +912,53 @@ func (x *Welcome) GetCollectorTimeUnixNano() int64 {
 	return 0
 }
 
-// Refusal rejects a stream before any packet is accepted. The collector
-// ends the stream right after sending it.
+func (x *Welcome) GetKeepaliveIntervalMs() uint32 {
+	if x != nil {
+		return x.KeepaliveIntervalMs
+	}
+	return 0
+}
+
+// Keepalive says the agent is there while it has no packets to send.
+type Keepalive struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Keepalive) Reset() {
+	*x = Keepalive{}
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Keepalive) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Keepalive) ProtoMessage() {}
+
+func (x *Keepalive) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Keepalive.ProtoReflect.Descriptor instead.
+func (*Keepalive) Descriptor() ([]byte, []int) {
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{7}
+}
+
+// Refusal rejects a stream before any packet is accepted, or ends a live
+// one whose credential was revoked or whose source was reassigned. The
+// collector ends the stream right after sending it.
 type Refusal struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Reason        Refusal_Reason         `protobuf:"varint,1,opt,name=reason,proto3,enum=tapstream.v1.Refusal_Reason" json:"reason,omitempty"`
@@ -899,7 +969,7 @@ type Refusal struct {
 
 func (x *Refusal) Reset() {
 	*x = Refusal{}
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[7]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -911,7 +981,7 @@ func (x *Refusal) String() string {
 func (*Refusal) ProtoMessage() {}
 
 func (x *Refusal) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[7]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -924,7 +994,7 @@ func (x *Refusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Refusal.ProtoReflect.Descriptor instead.
 func (*Refusal) Descriptor() ([]byte, []int) {
-	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{7}
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Refusal) GetReason() Refusal_Reason {
@@ -962,7 +1032,7 @@ type Batch struct {
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[8]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1044,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[8]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1057,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{8}
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Batch) GetSeq() uint64 {
@@ -1070,7 +1140,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[9]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1082,7 +1152,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[9]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1095,7 +1165,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{9}
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Ack) GetSeq() uint64 {
@@ -1115,7 +1185,7 @@ type Control struct {
 
 func (x *Control) Reset() {
 	*x = Control{}
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[10]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1197,7 @@ func (x *Control) String() string {
 func (*Control) ProtoMessage() {}
 
 func (x *Control) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[10]
+	mi := &file_proto_tapstream_v1_tapstream_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1210,7 @@ func (x *Control) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Control.ProtoReflect.Descriptor instead.
 func (*Control) Descriptor() ([]byte, []int) {
-	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{10}
+	return file_proto_tapstream_v1_tapstream_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Control) GetAction() Control_Action {
@@ -1161,10 +1231,11 @@ var File_proto_tapstream_v1_tapstream_proto protoreflect.FileDescriptor
 
 const file_proto_tapstream_v1_tapstream_proto_rawDesc = "" +
 	"\n" +
-	"\"proto/tapstream/v1/tapstream.proto\x12\ftapstream.v1\"o\n" +
+	"\"proto/tapstream/v1/tapstream.proto\x12\ftapstream.v1\"\xa8\x01\n" +
 	"\fAgentMessage\x12+\n" +
 	"\x05hello\x18\x01 \x01(\v2\x13.tapstream.v1.HelloH\x00R\x05hello\x12+\n" +
-	"\x05batch\x18\x02 \x01(\v2\x13.tapstream.v1.BatchH\x00R\x05batchB\x05\n" +
+	"\x05batch\x18\x02 \x01(\v2\x13.tapstream.v1.BatchH\x00R\x05batch\x127\n" +
+	"\tkeepalive\x18\x03 \x01(\v2\x17.tapstream.v1.KeepaliveH\x00R\tkeepaliveB\x05\n" +
 	"\x03msg\"\xd9\x01\n" +
 	"\x10CollectorMessage\x121\n" +
 	"\awelcome\x18\x01 \x01(\v2\x15.tapstream.v1.WelcomeH\x00R\awelcome\x121\n" +
@@ -1207,16 +1278,18 @@ const file_proto_tapstream_v1_tapstream_proto_rawDesc = "" +
 	"\vCredentials\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12\x1a\n" +
-	"\bpassword\x18\x03 \x01(\tR\bpassword\"\xb7\x01\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\"\xeb\x01\n" +
 	"\aWelcome\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12(\n" +
 	"\x10resume_after_seq\x18\x02 \x01(\x04R\x0eresumeAfterSeq\x12*\n" +
 	"\x11max_message_bytes\x18\x03 \x01(\rR\x0fmaxMessageBytes\x127\n" +
-	"\x18collector_time_unix_nano\x18\x04 \x01(\x03R\x15collectorTimeUnixNano\"\xae\x03\n" +
+	"\x18collector_time_unix_nano\x18\x04 \x01(\x03R\x15collectorTimeUnixNano\x122\n" +
+	"\x15keepalive_interval_ms\x18\x05 \x01(\rR\x13keepaliveIntervalMs\"\v\n" +
+	"\tKeepalive\"\xc7\x03\n" +
 	"\aRefusal\x124\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x1c.tapstream.v1.Refusal.ReasonR\x06reason\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xd2\x02\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xeb\x02\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aREASON_UNSUPPORTED_VERSION\x10\x01\x12\x18\n" +
@@ -1230,7 +1303,8 @@ const file_proto_tapstream_v1_tapstream_proto_rawDesc = "" +
 	"\x15REASON_RESOURCE_LIMIT\x10\t\x12\x18\n" +
 	"\x14REASON_SHUTTING_DOWN\x10\n" +
 	"\x12\x1e\n" +
-	"\x1aREASON_STORAGE_UNAVAILABLE\x10\v\"\xec\x02\n" +
+	"\x1aREASON_STORAGE_UNAVAILABLE\x10\v\x12\x17\n" +
+	"\x13REASON_SOURCE_OWNED\x10\f\"\xec\x02\n" +
 	"\x05Batch\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x18\n" +
 	"\apackets\x18\x02 \x01(\rR\apackets\x12&\n" +
@@ -1274,7 +1348,7 @@ func file_proto_tapstream_v1_tapstream_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_tapstream_v1_tapstream_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_proto_tapstream_v1_tapstream_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_proto_tapstream_v1_tapstream_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_proto_tapstream_v1_tapstream_proto_goTypes = []any{
 	(ProtocolVersion)(0),     // 0: tapstream.v1.ProtocolVersion
 	(Compression)(0),         // 1: tapstream.v1.Compression
@@ -1287,31 +1361,33 @@ var file_proto_tapstream_v1_tapstream_proto_goTypes = []any{
 	(*Gps)(nil),              // 8: tapstream.v1.Gps
 	(*Credentials)(nil),      // 9: tapstream.v1.Credentials
 	(*Welcome)(nil),          // 10: tapstream.v1.Welcome
-	(*Refusal)(nil),          // 11: tapstream.v1.Refusal
-	(*Batch)(nil),            // 12: tapstream.v1.Batch
-	(*Ack)(nil),              // 13: tapstream.v1.Ack
-	(*Control)(nil),          // 14: tapstream.v1.Control
+	(*Keepalive)(nil),        // 11: tapstream.v1.Keepalive
+	(*Refusal)(nil),          // 12: tapstream.v1.Refusal
+	(*Batch)(nil),            // 13: tapstream.v1.Batch
+	(*Ack)(nil),              // 14: tapstream.v1.Ack
+	(*Control)(nil),          // 15: tapstream.v1.Control
 }
 var file_proto_tapstream_v1_tapstream_proto_depIdxs = []int32{
 	6,  // 0: tapstream.v1.AgentMessage.hello:type_name -> tapstream.v1.Hello
-	12, // 1: tapstream.v1.AgentMessage.batch:type_name -> tapstream.v1.Batch
-	10, // 2: tapstream.v1.CollectorMessage.welcome:type_name -> tapstream.v1.Welcome
-	11, // 3: tapstream.v1.CollectorMessage.refusal:type_name -> tapstream.v1.Refusal
-	13, // 4: tapstream.v1.CollectorMessage.ack:type_name -> tapstream.v1.Ack
-	14, // 5: tapstream.v1.CollectorMessage.control:type_name -> tapstream.v1.Control
-	8,  // 6: tapstream.v1.Hello.gps:type_name -> tapstream.v1.Gps
-	9,  // 7: tapstream.v1.Hello.credentials:type_name -> tapstream.v1.Credentials
-	7,  // 8: tapstream.v1.Hello.previous_run:type_name -> tapstream.v1.PreviousRun
-	2,  // 9: tapstream.v1.Refusal.reason:type_name -> tapstream.v1.Refusal.Reason
-	1,  // 10: tapstream.v1.Batch.compression:type_name -> tapstream.v1.Compression
-	3,  // 11: tapstream.v1.Control.action:type_name -> tapstream.v1.Control.Action
-	4,  // 12: tapstream.v1.Capture.Stream:input_type -> tapstream.v1.AgentMessage
-	5,  // 13: tapstream.v1.Capture.Stream:output_type -> tapstream.v1.CollectorMessage
-	13, // [13:14] is the sub-list for method output_type
-	12, // [12:13] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	13, // 1: tapstream.v1.AgentMessage.batch:type_name -> tapstream.v1.Batch
+	11, // 2: tapstream.v1.AgentMessage.keepalive:type_name -> tapstream.v1.Keepalive
+	10, // 3: tapstream.v1.CollectorMessage.welcome:type_name -> tapstream.v1.Welcome
+	12, // 4: tapstream.v1.CollectorMessage.refusal:type_name -> tapstream.v1.Refusal
+	14, // 5: tapstream.v1.CollectorMessage.ack:type_name -> tapstream.v1.Ack
+	15, // 6: tapstream.v1.CollectorMessage.control:type_name -> tapstream.v1.Control
+	8,  // 7: tapstream.v1.Hello.gps:type_name -> tapstream.v1.Gps
+	9,  // 8: tapstream.v1.Hello.credentials:type_name -> tapstream.v1.Credentials
+	7,  // 9: tapstream.v1.Hello.previous_run:type_name -> tapstream.v1.PreviousRun
+	2,  // 10: tapstream.v1.Refusal.reason:type_name -> tapstream.v1.Refusal.Reason
+	1,  // 11: tapstream.v1.Batch.compression:type_name -> tapstream.v1.Compression
+	3,  // 12: tapstream.v1.Control.action:type_name -> tapstream.v1.Control.Action
+	4,  // 13: tapstream.v1.Capture.Stream:input_type -> tapstream.v1.AgentMessage
+	5,  // 14: tapstream.v1.Capture.Stream:output_type -> tapstream.v1.CollectorMessage
+	14, // [14:15] is the sub-list for method output_type
+	13, // [13:14] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_proto_tapstream_v1_tapstream_proto_init() }
@@ -1322,6 +1398,7 @@ func file_proto_tapstream_v1_tapstream_proto_init() {
 	file_proto_tapstream_v1_tapstream_proto_msgTypes[0].OneofWrappers = []any{
 		(*AgentMessage_Hello)(nil),
 		(*AgentMessage_Batch)(nil),
+		(*AgentMessage_Keepalive)(nil),
 	}
 	file_proto_tapstream_v1_tapstream_proto_msgTypes[1].OneofWrappers = []any{
 		(*CollectorMessage_Welcome)(nil),
@@ -1335,7 +1412,7 @@ func file_proto_tapstream_v1_tapstream_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_tapstream_v1_tapstream_proto_rawDesc), len(file_proto_tapstream_v1_tapstream_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
