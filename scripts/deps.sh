@@ -30,12 +30,15 @@ $sudo apt-get update -qq
 # tshark asks whether non-root users may capture; answer no.
 echo "wireshark-common wireshark-common/install-setuid boolean false" | $sudo debconf-set-selections
 # Packages must not start services (nginx) on this machine: the tests run
-# their own. policy-rc.d tells invoke-rc.d so, for the install only.
-added_policy=""
-if [ ! -e /usr/sbin/policy-rc.d ]; then
-  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
-  $sudo chmod +x /usr/sbin/policy-rc.d
-  added_policy=1
+# their own. policy-rc.d tells invoke-rc.d so, for the install only; one
+# that is already there (Docker's Debian images have it) is left alone.
+# TAPSTREAM_POLICY_RC_D moves it, for scripts/deps_test.go.
+policy=${TAPSTREAM_POLICY_RC_D:-/usr/sbin/policy-rc.d}
+if [ ! -e "$policy" ]; then
+  trap '$sudo rm -f "$policy"' EXIT
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+  $sudo chmod +x "$policy"
 fi
 $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-[ -n "$added_policy" ] && $sudo rm -f /usr/sbin/policy-rc.d
+echo "installed ${need[*]}" >&2
+exit 0
