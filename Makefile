@@ -23,11 +23,13 @@ demo: deps build
 
 test: deps lint unit e2e
 
+# Both print the skipped tests at the end (scripts/gotest.sh); with
+# TAPSTREAM_TEST_STRICT=1 (CI) a test that would skip fails instead.
 unit:
-	$(GO) test -race -count=1 ./internal/...
+	GO=$(GO) TESTLOG=unit ./scripts/gotest.sh -race -count=1 ./internal/... ./scripts/...
 
 e2e:
-	$(GO) test -count=1 -timeout 10m ./e2e/...
+	GO=$(GO) TESTLOG=e2e ./scripts/gotest.sh -count=1 -timeout 10m ./e2e/...
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
@@ -40,6 +42,7 @@ lint:
 # package's testdata/fuzz and run with every `go test`.
 FUZZ_TARGETS := \
 	FuzzAgentMessage:./internal/collector \
+	FuzzUnmarshal:./internal/wirecodec \
 	FuzzValidate:./internal/wire \
 	FuzzParseToken:./internal/auth \
 	FuzzSanitizeName:./internal/source \
