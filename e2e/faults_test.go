@@ -120,9 +120,49 @@ func firstMatch(s, re string) string {
 	return "(no repair needed)"
 }
 
-// TestLinkCut: the link to the collector goes down for 10 s while packets
-// keep arriving; when it comes back the agent carries on by itself and
-// nothing is lost.
+// storedPackets counts the packets in the capture files under dir, open
+// ones included (read with pcapgo; a record still being written ends the
+// count of its file).
+func storedPackets(dir string) int {
+	n := 0
+	matches, _ := filepath.Glob(filepath.Join(dir, "*.pcap*"))
+	for _, f := range matches {
+		_, pkts, _ := pcaptest.Read(f)
+		n += len(pkts)
+	}
+	return n
+}
+
+// waitStored waits until the capture files under dir hold at least n
+// packets.
+func waitStored(t *testing.T, dir string, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got := storedPackets(dir)
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s holds %d packets after %v, want %d", dir, got, timeout, n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// keepaliveDetection bounds how long an agent takes to notice a dead
+// connection. With batches unacked, TCP_USER_TIMEOUT ends it after 10 s
+// (gRPC sets it to the keepalive timeout); idle, gRPC keepalive pings after
+// 15 s without a frame from the collector and gives up 10 s later
+// (agent.go; the collector's server.go is the same). Plus a margin for a
+// loaded machine.
+const keepaliveDetection = 15*time.Second + 10*time.Second + 15*time.Second
+
+// TestLinkCut: the link to the collector goes down while packets keep
+// arriving, longer than keepalive takes to declare the connection dead; the
+// agent notices, keeps capturing, and when the link comes back reconnects
+// by itself, resumes after the last acked batch, and nothing is lost or
+// stored twice.
 func TestLinkCut(t *testing.T) {
 	nettest.RequireRoot(t)
 	nettest.RequireTool(t, "tshark")
@@ -138,22 +178,50 @@ func TestLinkCut(t *testing.T) {
 	a.waitLog(`msg=streaming`, 10*time.Second)
 	snd := nettest.NewUDPSender(t, gen, &net.UDPAddr{IP: capLink.Addr, Port: 5000})
 
-	const n, rate = 7000, 500 // 14 s of traffic
-	sent := make(chan struct{})
-	go func() { snd.SendPaced(t, "cut", 0, n, 300, rate); close(sent) }()
-	time.Sleep(2 * time.Second)
+	// Send at 200 pps, in chunks, until told to stop.
+	const rate, chunk = 200, 100
+	stop, sent := make(chan struct{}), make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { sent <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			snd.SendPaced(t, "cut", n, chunk, 300, rate)
+			n += chunk
+		}
+	}()
+	waitStored(t, filepath.Join(data, "pcap", "cut"), 2*chunk, 20*time.Second)
+
 	agentNS.IP("link", "set", upLink.Name, "down")
-	time.Sleep(10 * time.Second)
+	cut := time.Now()
+	// Only timeouts can tell the agent: no RST or FIN crosses a link that
+	// is down.
+	a.waitLog(`msg="(stream to collector failed|collector unreachable); retrying"`, keepaliveDetection)
+	detected := time.Since(cut)
 	agentNS.IP("link", "set", upLink.Name, "up")
-	<-sent
+	restored := time.Now()
+	a.waitLog(`msg=streaming.*resume_after=[1-9]`, 30*time.Second)
+	resumed := time.Since(restored)
+	// Some packets captured after the reconnect, then stop.
+	before := storedPackets(filepath.Join(data, "pcap", "cut"))
+	waitStored(t, filepath.Join(data, "pcap", "cut"), before+2*chunk, 20*time.Second)
+	close(stop)
+	n := <-sent
 	a.signal(syscall.SIGTERM)
 	if code := a.wait(40 * time.Second); code != 0 {
 		t.Fatalf("agent exited %d", code)
 	}
+	if r := a.logInt("reconnects"); r < 1 {
+		t.Fatalf("agent counts %d reconnects after a %v cut", r, detected.Round(time.Second))
+	}
 	counts, files := seqCounts(t, data, "cut", "cut", 5000)
 	exactlyOnce(t, counts, n)
-	t.Logf("link cut for 10 s in a %d pps stream: %d packets stored exactly once in %d files; agent reconnects: %d",
-		rate, n, files, a.logInt("reconnects"))
+	t.Logf("link cut in a %d pps stream: the agent noticed after %v (TCP user timeout), reconnected %v after the link came back and resumed after its last acked batch; %d packets stored exactly once in %d files; agent reconnects: %d",
+		rate, detected.Round(100*time.Millisecond), resumed.Round(100*time.Millisecond), n, files, a.logInt("reconnects"))
 }
 
 // TestAgentKilledWithSpool: with the collector away, the agent spools what
@@ -246,14 +314,16 @@ func TestSmallSpoolAccounting(t *testing.T) {
 }
 
 // TestFiftyAgentsReconnect: fifty agents replaying files stream into one
-// collector, which is SIGKILLed and restarted; they all reconnect at once
+// collector, which is SIGKILLed mid-stream and restarted; every agent
+// notices, reconnects, resumes after what the first collector recorded,
 // and every packet of every source is stored exactly once.
 func TestFiftyAgentsReconnect(t *testing.T) {
 	nettest.RequireTool(t, "tshark")
 	t.Parallel()
 	const agents, n = 50, 600
 	trace := filepath.Join(t.TempDir(), "numbered.pcap")
-	writeNumbered(t, trace, n, 4*time.Second)
+	// Long enough that no agent is done before the kill, on a busy machine.
+	writeNumbered(t, trace, n, 12*time.Second)
 	data := t.TempDir()
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	c1 := collectorIn(t, nil, addr, data)
@@ -266,16 +336,26 @@ func TestFiftyAgentsReconnect(t *testing.T) {
 	for _, p := range procs {
 		p.waitLog(`msg=streaming`, 20*time.Second)
 	}
-	time.Sleep(time.Second)
+	// Every source has packets stored before the kill.
+	for _, p := range procs {
+		waitStored(t, filepath.Join(data, "pcap", p.name), 1, 20*time.Second)
+	}
 	c1.cmd.Process.Kill()
 	c1.wait(5 * time.Second)
-	time.Sleep(time.Second)
+	for _, p := range procs {
+		if p.exited() {
+			t.Fatalf("%s finished before the collector was killed: the test needs every agent mid-stream", p.name)
+		}
+	}
+	// Start the second collector once every agent has seen the first go.
+	for _, p := range procs {
+		p.waitLog(`msg="(stream to collector failed|collector unreachable); retrying"`, 20*time.Second)
+	}
 	collectorIn(t, nil, addr, data)
 	var wg sync.WaitGroup
 	codes := make([]int, agents)
 	for i, p := range procs {
-		wg.Add(1)
-		go func() { defer wg.Done(); codes[i], _ = p.waitExit(90 * time.Second) }()
+		wg.Go(func() { codes[i], _ = p.waitExit(90 * time.Second) })
 	}
 	wg.Wait()
 	total := 0
@@ -283,10 +363,22 @@ func TestFiftyAgentsReconnect(t *testing.T) {
 		if codes[i] != 0 {
 			t.Fatalf("%s exited %d", p.name, codes[i])
 		}
+		// Resumed: a second session, which the collector started after
+		// the batches the first one had recorded.
+		if s := regexp.MustCompile(`msg=streaming`).FindAllString(p.output(), -1); len(s) < 2 {
+			t.Fatalf("%s streamed in %d sessions, want a second one after the restart", p.name, len(s))
+		}
+		if r := p.logInt("reconnects"); r < 1 {
+			t.Fatalf("%s counts %d reconnects", p.name, r)
+		}
 		seen := make([]int, n)
 		for _, f := range pcaptest.Files(t, filepath.Join(data, "pcap", p.name)) {
 			for _, pl := range pcaptest.UDPPayloads(t, f, 6000) {
-				seen[binary.BigEndian.Uint32(pl)]++
+				if k := binary.BigEndian.Uint32(pl); int(k) < n {
+					seen[k]++
+				} else {
+					t.Fatalf("%s: stored packet %d, never sent", p.name, k)
+				}
 			}
 		}
 		for seq, k := range seen {
@@ -296,5 +388,5 @@ func TestFiftyAgentsReconnect(t *testing.T) {
 		}
 		total += n
 	}
-	t.Logf("%d agents through a collector SIGKILL and restart: %d packets, each stored exactly once", agents, total)
+	t.Logf("%d agents through a collector SIGKILL mid-stream and restart: each reconnected and resumed; %d packets, each stored exactly once", agents, total)
 }
