@@ -96,10 +96,12 @@ func TestCollectorKilledMidStream(t *testing.T) {
 	const n, rate = 8000, 2000
 	sent := make(chan struct{})
 	go func() { r.snd.SendPaced(t, "killed", 0, n, 200, rate); close(sent) }()
-	time.Sleep(1500 * time.Millisecond)
+	// Kill it mid-stream, with a quarter of the packets stored.
+	waitStored(t, filepath.Join(r.data, "pcap", "killed"), n/4, 20*time.Second)
 	c1.cmd.Process.Kill()
 	c1.wait(5 * time.Second)
-	time.Sleep(2 * time.Second)
+	// Back once the agent has seen it go.
+	a.waitLog(`msg="(stream to collector failed|collector unreachable); retrying"`, 20*time.Second)
 	c2 := r.collector(t)
 	<-sent
 	a.waitLog(`msg=streaming.*resume_after=[1-9]`, 40*time.Second)
@@ -109,8 +111,8 @@ func TestCollectorKilledMidStream(t *testing.T) {
 	}
 	counts, files := seqCounts(t, r.data, "killed", "killed", 5000)
 	exactlyOnce(t, counts, n)
-	t.Logf("collector SIGKILLed at 1.5 s of a %d pps stream, back 2 s later: %d packets stored exactly once in %d files; restart log: %s",
-		rate, n, files, firstMatch(c2.output(), `msg="(closed a capture file left open by a crash|kept the start of a batch[^"]*|cut a torn record[^"]*)"`))
+	t.Logf("collector SIGKILLed with %d of %d packets stored in a %d pps stream, back once the agent noticed: %d packets stored exactly once in %d files; restart log: %s",
+		n/4, n, rate, n, files, firstMatch(c2.output(), `msg="(closed a capture file left open by a crash|kept the start of a batch[^"]*|cut a torn record[^"]*)"`))
 }
 
 func firstMatch(s, re string) string {
@@ -235,8 +237,8 @@ func TestAgentKilledWithSpool(t *testing.T) {
 	c1 := r.collector(t)
 	a1 := r.agent(t, "respawn")
 	a1.waitLog(`msg=streaming`, 10*time.Second)
-	r.snd.SendPaced(t, "respawn", 0, 1000, 200, 2000) // delivered at once
-	time.Sleep(500 * time.Millisecond)
+	r.snd.SendPaced(t, "respawn", 0, 1000, 200, 2000)
+	waitStored(t, filepath.Join(r.data, "pcap", "respawn"), 1000, 20*time.Second)
 	c1.signal(syscall.SIGTERM)
 	c1.wait(15 * time.Second)
 	r.snd.SendPaced(t, "respawn", 1000, 2000, 200, 2000) // spooled: no collector
