@@ -2,15 +2,17 @@
 # Installs the system packages tapstream's build and tests use, if missing:
 #   libpcap-dev  filter compilation and the pcap capture backend (cgo)
 #   tshark       (Wireshark) and capinfos: tests and the demo read files with them
-#   tcpdump      baseline for benchmarks
+#   tcpdump      tests read files with it; the benchmarks' baseline
 #   iproute2     network namespaces for the tests
 #   nginx-light  a real nginx in front of the collector (grpc_pass) in the tests
+#   gcc, libc6-dev  cgo, for libpcap (Go builds without cgo when gcc is missing)
+#   mount        mount/umount: the disk-full tests use a small tmpfs
 # It uses apt-get (Debian/Ubuntu) and needs root; elsewhere it says what to install.
 set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in libpcap-dev tshark tcpdump iproute2 nginx-light "$@"; do
+for p in libpcap-dev gcc libc6-dev tshark tcpdump iproute2 nginx-light mount "$@"; do
   have_pkg "$p" || need+=("$p")
 done
 [ ${#need[@]} -eq 0 ] && exit 0
