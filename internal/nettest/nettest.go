@@ -27,21 +27,14 @@ func Strict() bool {
 }
 
 // Skip skips t, saying why; with TAPSTREAM_TEST_STRICT=1 it fails t
-// instead. Every test that cannot run here goes through it.
+// instead. Every test that cannot run here goes through it (a test that
+// skips under -short too: `if testing.Short() { nettest.Skip(t, ...) }`).
 func Skip(t testing.TB, reason string) {
 	t.Helper()
 	if Strict() {
 		t.Fatalf("%s (%s=1: a skip is a failure)", reason, StrictEnv)
 	}
 	t.Skip(reason)
-}
-
-// SkipShort skips t under `go test -short`, through Skip.
-func SkipShort(t testing.TB, reason string) {
-	t.Helper()
-	if testing.Short() {
-		Skip(t, "-short: "+reason)
-	}
 }
 
 // RequireRoot skips t, saying why, unless it can create network namespaces.
