@@ -5,8 +5,6 @@ package internal
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 )
@@ -30,18 +28,11 @@ func under(pkg, dir string) bool {
 	return pkg == dir || strings.HasPrefix(pkg, dir+"/")
 }
 
-func goTool(t *testing.T) string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
-}
-
 // deps returns, for every package of the module built for goos, its
 // transitive imports inside internal/ (test files aside).
 func deps(t *testing.T, goos string) map[string][]string {
 	t.Helper()
-	cmd := exec.Command(goTool(t), "list", "-e", "-f", `{{.ImportPath}}{{range .Deps}} {{.}}{{end}}`, "github.com/tapstream/tapstream/...")
+	cmd := exec.Command("go", "list", "-e", "-f", `{{.ImportPath}}{{range .Deps}} {{.}}{{end}}`, "github.com/tapstream/tapstream/...")
 	cmd.Dir = ".."
 	cmd.Env = append(os.Environ(), "GOOS="+goos)
 	out, err := cmd.Output()
