@@ -160,19 +160,27 @@ func waitStored(t *testing.T, dir string, n int, timeout time.Duration) {
 // loaded machine.
 const keepaliveDetection = 15*time.Second + 10*time.Second + 15*time.Second
 
-// TestLinkCut: the link to the collector goes down while packets keep
-// arriving, longer than keepalive takes to declare the connection dead; the
-// agent notices, keeps capturing, and when the link comes back reconnects
-// by itself, resumes after the last acked batch, and nothing is lost or
-// stored twice.
+// TestLinkCut: the link to the collector goes down, for longer than the
+// agent takes to declare the connection dead, then comes back; the agent
+// notices, keeps capturing, reconnects by itself, resumes after the last
+// acked batch, and nothing is lost or stored twice. Busy: packets keep
+// arriving through the cut, so batches wait for acks and TCP's user
+// timeout ends the connection. Idle: nothing is captured during the cut,
+// and only keepalive can tell.
 func TestLinkCut(t *testing.T) {
 	nettest.RequireRoot(t)
 	nettest.RequireTool(t, "tshark")
 	t.Parallel()
+	t.Run("busy", func(t *testing.T) { t.Parallel(); linkCut(t, true, 111) })
+	t.Run("idle", func(t *testing.T) { t.Parallel(); linkCut(t, false, 113) })
+}
+
+func linkCut(t *testing.T, busy bool, subnet int) {
 	gen, agentNS, colNS := nettest.NewNS(t), nettest.NewNS(t), nettest.NewNS(t)
-	_, capLink := nettest.Veth(t, gen, agentNS, 111)
-	upLink, colLink := nettest.Veth(t, agentNS, colNS, 112)
+	_, capLink := nettest.Veth(t, gen, agentNS, subnet)
+	upLink, colLink := nettest.Veth(t, agentNS, colNS, subnet+1)
 	data := t.TempDir()
+	dir := filepath.Join(data, "pcap", "cut")
 	addr := net.JoinHostPort(colLink.Addr.String(), "7447")
 	collectorIn(t, colNS, addr, data)
 	a := start(t, agentNS, "agent", "agent", "--insecure", "--connect", addr,
@@ -182,21 +190,31 @@ func TestLinkCut(t *testing.T) {
 
 	// Send at 200 pps, in chunks, until told to stop.
 	const rate, chunk = 200, 100
-	stop, sent := make(chan struct{}), make(chan int, 1)
-	go func() {
-		n := 0
-		defer func() { sent <- n }()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
+	n := 0
+	var stop chan struct{}
+	var sent chan int
+	sendUntilStopped := func() {
+		stop, sent = make(chan struct{}), make(chan int, 1)
+		go func() {
+			defer func() { sent <- n }()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				snd.SendPaced(t, "cut", n, chunk, 300, rate)
+				n += chunk
 			}
-			snd.SendPaced(t, "cut", n, chunk, 300, rate)
-			n += chunk
-		}
-	}()
-	waitStored(t, filepath.Join(data, "pcap", "cut"), 2*chunk, 20*time.Second)
+		}()
+	}
+	stopSending := func() { close(stop); n = <-sent }
+	sendUntilStopped()
+	waitStored(t, dir, 2*chunk, 20*time.Second)
+	if !busy {
+		stopSending()
+		waitStored(t, dir, n, 20*time.Second)
+	}
 
 	agentNS.IP("link", "set", upLink.Name, "down")
 	cut := time.Now()
@@ -208,11 +226,12 @@ func TestLinkCut(t *testing.T) {
 	restored := time.Now()
 	a.waitLog(`msg=streaming.*resume_after=[1-9]`, 30*time.Second)
 	resumed := time.Since(restored)
+	if !busy {
+		sendUntilStopped()
+	}
 	// Some packets captured after the reconnect, then stop.
-	before := storedPackets(filepath.Join(data, "pcap", "cut"))
-	waitStored(t, filepath.Join(data, "pcap", "cut"), before+2*chunk, 20*time.Second)
-	close(stop)
-	n := <-sent
+	waitStored(t, dir, storedPackets(dir)+2*chunk, 20*time.Second)
+	stopSending()
 	a.signal(syscall.SIGTERM)
 	if code := a.wait(40 * time.Second); code != 0 {
 		t.Fatalf("agent exited %d", code)
@@ -222,8 +241,12 @@ func TestLinkCut(t *testing.T) {
 	}
 	counts, files := seqCounts(t, data, "cut", "cut", 5000)
 	exactlyOnce(t, counts, n)
-	t.Logf("link cut in a %d pps stream: the agent noticed after %v (TCP user timeout), reconnected %v after the link came back and resumed after its last acked batch; %d packets stored exactly once in %d files; agent reconnects: %d",
-		rate, detected.Round(100*time.Millisecond), resumed.Round(100*time.Millisecond), n, files, a.logInt("reconnects"))
+	how := "TCP user timeout, with batches in flight"
+	if !busy {
+		how = "keepalive, idle"
+	}
+	t.Logf("link cut in a %d pps stream: the agent noticed after %v (%s), reconnected %v after the link came back and resumed after its last acked batch; %d packets stored exactly once in %d files; agent reconnects: %d",
+		rate, detected.Round(100*time.Millisecond), how, resumed.Round(100*time.Millisecond), n, files, a.logInt("reconnects"))
 }
 
 // TestAgentKilledWithSpool: with the collector away, the agent spools what
