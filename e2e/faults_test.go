@@ -281,6 +281,30 @@ func TestAgentKilledWithSpool(t *testing.T) {
 		files, a2.logInt("recovered_packets"))
 }
 
+// waitCaptured waits until an agent's status line says it has captured,
+// or seen the kernel drop, n packets (run it with --status-interval).
+func waitCaptured(t *testing.T, a *proc, n int, timeout time.Duration) {
+	t.Helper()
+	status := regexp.MustCompile(`msg="?status.* captured_packets=(\d+) .*kernel_drops=(\d+) interface_drops=(\d+)`)
+	deadline := time.Now().Add(timeout)
+	got := 0
+	for time.Now().Before(deadline) {
+		if m := status.FindAllStringSubmatch(a.output(), -1); m != nil {
+			last := m[len(m)-1]
+			got = 0
+			for _, v := range last[1:] {
+				k, _ := strconv.Atoi(v)
+				got += k
+			}
+			if got >= n {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: captured or kernel-dropped %d packets after %v, want %d", a.name, got, timeout, n)
+}
+
 // sourceTotals parses the collector's exit summary for source.
 func sourceTotals(t *testing.T, c *proc, source string) map[string]int {
 	t.Helper()
@@ -303,11 +327,11 @@ func TestSmallSpoolAccounting(t *testing.T) {
 	nettest.RequireTool(t, "tshark")
 	t.Parallel()
 	r := newLiveRig(t, 131)
-	a := r.agent(t, "tight", "--buffer", "1MiB", "--spool-size", "2MiB", "--batch-size", "300KiB")
+	a := r.agent(t, "tight", "--buffer", "1MiB", "--spool-size", "2MiB", "--batch-size", "300KiB", "--status-interval", "200ms")
 	a.waitLog(`collector unreachable`, 10*time.Second)
 	const n = 20000
 	r.snd.SendPaced(t, "tight", 0, n, 300, 20000) // ~7 MB into ~3 MB of room
-	time.Sleep(time.Second)
+	waitCaptured(t, a, n, 20*time.Second)
 	c := r.collector(t)
 	a.signal(syscall.SIGTERM)
 	if code := a.wait(60 * time.Second); code != 0 {
