@@ -79,6 +79,18 @@ func run(in io.Reader, out io.Writer, logPath string) error {
 				io.WriteString(out, s)
 			}
 			delete(buf, k)
+			if e.Test == "" {
+				// The package failed: print what its unfinished tests
+				// said (a timeout or a panic ends them without a verdict).
+				for bk, lines := range buf {
+					if bk.pkg == e.Package {
+						for _, s := range lines {
+							io.WriteString(out, s)
+						}
+						delete(buf, bk)
+					}
+				}
+			}
 		case "skip":
 			if e.Test != "" {
 				skipped = append(skipped, fmt.Sprintf("%s %s: %s", e.Package, e.Test, skipReason(buf[k])))
