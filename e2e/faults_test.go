@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/tapstream/tapstream/internal/nettest"
 	"github.com/tapstream/tapstream/internal/pcaptest"
+	"github.com/tapstream/tapstream/internal/spool"
 )
 
 // seqCounts reads every file of a source with tshark and counts how often
@@ -264,8 +266,9 @@ func TestAgentKilledWithSpool(t *testing.T) {
 	waitStored(t, filepath.Join(r.data, "pcap", "respawn"), 1000, 20*time.Second)
 	c1.signal(syscall.SIGTERM)
 	c1.wait(15 * time.Second)
+	since := time.Now()
 	r.snd.SendPaced(t, "respawn", 1000, 2000, 200, 2000) // spooled: no collector
-	time.Sleep(time.Second)                              // batches closed and spooled
+	waitSpooled(t, r.spool, since, 2000, 20*time.Second)
 	a1.cmd.Process.Kill()
 	a1.wait(5 * time.Second)
 
@@ -303,6 +306,37 @@ func waitCaptured(t *testing.T, a *proc, n int, timeout time.Duration) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("%s: captured or kernel-dropped %d packets after %v, want %d", a.name, got, timeout, n)
+}
+
+// waitSpooled waits until the spool segments under dir hold the records
+// of at least n packets captured since since (read with spool.Scan).
+func waitSpooled(t *testing.T, dir string, since time.Time, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	got := 0
+	for {
+		got = 0
+		segs, _ := filepath.Glob(filepath.Join(dir, "*", "*.seg"))
+		more, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+		for _, seg := range append(segs, more...) {
+			data, err := os.ReadFile(seg)
+			if err != nil {
+				continue // released meanwhile
+			}
+			for _, e := range spool.Scan(data).Entries {
+				if !e.NoRecords && e.First >= since.UnixNano() {
+					got += int(e.Packets)
+				}
+			}
+		}
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("spool %s holds %d packets captured since the collector stopped after %v, want %d", dir, got, timeout, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // sourceTotals parses the collector's exit summary for source.
