@@ -87,8 +87,8 @@ func benchLive(c *config, rep *report) error {
 					return fmt.Errorf("%s at %d B, %s: %w", tool, t.size, rateLabel(rate), err)
 				}
 				rep.live = append(rep.live, row)
-				log.Printf("live %4d B %-9s %-20s sent %8d stored %8d loss %6.2f%% cpu %.2f s/Mpkt rss %d MB",
-					t.size, rateLabel(rate), tool, row.sent, row.stored, row.lossPct(), row.cpuPerMillion(), row.maxRSS/1024)
+				log.Printf("live %4d B %-9s offered %7.0f pps %-20s sent %8d stored %8d loss %6.2f%% cpu %.2f s/Mpkt rss %d MB",
+					t.size, rateLabel(rate), row.achieved, tool, row.sent, row.stored, row.lossPct(), row.cpuPerMillion(), row.maxRSS/1024)
 			}
 		}
 	}
@@ -171,9 +171,13 @@ func liveOnce(c *config, gen, capNS *netns.NS, lg, lc netns.Link, col *collector
 		return row, fmt.Errorf("tcpreplay printed no count:\n%s", tail(ru.out))
 	}
 	row.sent, _ = strconv.ParseInt(m[1], 10, 64)
-	if m := tcpreplayRate.FindStringSubmatch(ru.out); m != nil {
-		row.achieved, _ = strconv.ParseFloat(m[1], 64)
+	// The rate actually offered, as tcpreplay measured it; it names the
+	// row in the report.
+	m = tcpreplayRate.FindStringSubmatch(ru.out)
+	if m == nil {
+		return row, fmt.Errorf("tcpreplay printed no rate:\n%s", tail(ru.out))
 	}
+	row.achieved, _ = strconv.ParseFloat(m[1], 64)
 	// Let the last packets reach the capture: tcpdump hands over a block
 	// of its ring only after its 1 s timeout, and drops what it holds on
 	// SIGINT.

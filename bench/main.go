@@ -139,7 +139,26 @@ func run(c *config) error {
 		return fmt.Errorf("chart: %w", err)
 	}
 	log.Printf("wrote %s and %s in %v", filepath.Join(c.out, name), filepath.Join(c.out, png), rep.took.Round(time.Second))
-	return nil
+	return verdict(rep)
+}
+
+// verdict fails a full run that missed a target or did not measure one
+// at its rate; the quick run checks the harness only, and its small
+// numbers are not the targets'.
+func verdict(rep *report) error {
+	unmet := rep.unmet()
+	if len(unmet) == 0 {
+		return nil
+	}
+	var names []string
+	for _, t := range unmet {
+		names = append(names, fmt.Sprintf("%s: %s", t.name, strings.Trim(t.mark(), "*")))
+	}
+	if rep.quick {
+		log.Printf("quick run: %d targets not met, as expected of its small traces (not a failure): %s", len(unmet), strings.Join(names, "; "))
+		return nil
+	}
+	return fmt.Errorf("%d of %d targets not met:\n  %s", len(unmet), len(rep.targets), strings.Join(names, "\n  "))
 }
 
 // describeMachine says what the numbers were measured on.

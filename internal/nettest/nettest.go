@@ -15,14 +15,36 @@ import (
 	"github.com/tapstream/tapstream/internal/netns"
 )
 
+// StrictEnv names the environment variable that turns every skip into a
+// failure: CI sets TAPSTREAM_TEST_STRICT=1, so a test that cannot run
+// there fails instead of passing unseen.
+const StrictEnv = "TAPSTREAM_TEST_STRICT"
+
+// Strict reports whether skips are failures in this run.
+func Strict() bool {
+	v := os.Getenv(StrictEnv)
+	return v != "" && v != "0"
+}
+
+// Skip skips t, saying why; with TAPSTREAM_TEST_STRICT=1 it fails t
+// instead. Every test that cannot run here goes through it (a test that
+// skips under -short too: `if testing.Short() { nettest.Skip(t, ...) }`).
+func Skip(t testing.TB, reason string) {
+	t.Helper()
+	if Strict() {
+		t.Fatalf("%s (%s=1: a skip is a failure)", reason, StrictEnv)
+	}
+	t.Skip(reason)
+}
+
 // RequireRoot skips t, saying why, unless it can create network namespaces.
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces and capture packets; run `sudo make test`")
+		Skip(t, "needs root to create network namespaces and capture packets; run `sudo make test`")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs the ip command (iproute2) to create network namespaces")
+		Skip(t, "needs the ip command (iproute2) to create network namespaces")
 	}
 }
 
@@ -31,7 +53,7 @@ func RequireTool(t testing.TB, names ...string) {
 	t.Helper()
 	for _, n := range names {
 		if _, err := exec.LookPath(n); err != nil {
-			t.Skipf("needs %s on PATH (make deps installs it)", n)
+			Skip(t, fmt.Sprintf("needs %s on PATH (make deps installs it)", n))
 		}
 	}
 }
