@@ -23,7 +23,7 @@ type Stream struct {
 	// Proxy is set when the stream came through a trusted proxy.
 	Proxy bool
 
-	authed, hello, proxied bool
+	authed, proxied bool
 }
 
 // Stream admits a new stream, before anything is read from it. It fails
@@ -80,8 +80,14 @@ func forwarded(ctx context.Context) string {
 	return ""
 }
 
-// HelloReceived records that the stream's first message arrived.
-func (s *Stream) HelloReceived() { s.hello = true }
+// EndedBeforeHello records that the client ended the stream (or let it
+// time out) before sending Hello. A connection that does this too often
+// is closed: opening and resetting streams costs the client nothing.
+func (s *Stream) EndedBeforeHello() {
+	if s.conn != nil {
+		s.conn.streamAborted()
+	}
+}
 
 // Authenticated records that the stream authenticated; its connection
 // moves to the authenticated budget. It fails with ErrConnCap when that
@@ -100,8 +106,7 @@ func (s *Stream) Authenticated() error {
 	return nil
 }
 
-// Done gives back the stream's places. A stream that ended before its
-// Hello counts against its connection.
+// Done gives back the stream's places.
 func (s *Stream) Done() {
 	s.c.mu.Lock()
 	if !s.authed {
@@ -113,9 +118,6 @@ func (s *Stream) Done() {
 		}
 	}
 	s.c.mu.Unlock()
-	if !s.hello && s.conn != nil {
-		s.conn.streamAborted()
-	}
 }
 
 // LegacyHello takes one of the few places for reading a Hello whose
