@@ -34,7 +34,7 @@ const (
 	// DefaultLegacyHellos bounds Hellos read at once from streams that
 	// carry no credentials in their headers (agents older than this
 	// check): their size is unknown until read.
-	DefaultLegacyHellos = 2
+	DefaultLegacyHellos = 1
 )
 
 // Config sets the limits. Zero values take the defaults.

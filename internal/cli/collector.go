@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tapstream/tapstream/internal/admission"
 	"github.com/tapstream/tapstream/internal/auth"
 	"github.com/tapstream/tapstream/internal/bytesize"
 	"github.com/tapstream/tapstream/internal/collector"
@@ -31,6 +32,9 @@ type collectorFlags struct {
 	uriPrefix       string
 	maxConns        int
 	maxConnsPerIP   int
+	maxPreAuthConns int
+	helloTimeout    time.Duration
+	trustedProxies  []string
 	fsync           bool
 	maxMessage      bytesize.Size
 	shutdownTimeout time.Duration
@@ -98,8 +102,11 @@ closes every file and prints per-source counters.`, collector.DefaultPort),
 	fl.StringArrayVar(&f.tlsSANs, "tls-san", nil, "extra name or address for the generated certificate (repeatable)")
 	fl.StringVar(&f.clientCA, "client-ca", "", "accept agents presenting a client certificate signed by this CA (PEM) instead of a token")
 	fl.StringVar(&f.uriPrefix, "uri-prefix", "", "path prefix a proxy keeps in front of the gRPC path, e.g. /tapstream")
-	fl.IntVar(&f.maxConns, "max-conns", collector.DefaultMaxConns, "connections at most, in all")
-	fl.IntVar(&f.maxConnsPerIP, "max-conns-per-addr", collector.DefaultMaxConnsPerIP, "connections at most from one address")
+	fl.IntVar(&f.maxConns, "max-conns", collector.DefaultMaxConns, "authenticated connections at most, in all")
+	fl.IntVar(&f.maxConnsPerIP, "max-conns-per-addr", collector.DefaultMaxConnsPerIP, "connections at most from one address (streams from one forwarded address behind a --trusted-proxy)")
+	fl.IntVar(&f.maxPreAuthConns, "max-preauth-conns", collector.DefaultMaxPreAuthConns, "connections that have not authenticated yet, at most; past it the oldest of them is closed")
+	fl.DurationVar(&f.helloTimeout, "hello-timeout", collector.DefaultHelloTimeout, "time a new connection has for its TLS handshake and first authenticated Hello")
+	fl.StringArrayVar(&f.trustedProxies, "trusted-proxy", nil, "CIDR of a proxy (nginx) whose X-Real-IP / X-Forwarded-For is believed; its own connections are not capped per address (repeatable)")
 	fl.BoolVar(&f.fsync, "fsync", false, "sync each batch to disk before acking it")
 	fl.Var(&f.maxMessage, "max-message-size", "largest message accepted from an agent")
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", collector.DefaultShutdownTimeout, "how long shutdown waits for streams to finish")
@@ -165,7 +172,14 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 	if err != nil {
 		return usagef("--min-free: %v", err)
 	}
+	proxies, err := admission.ParseTrustedProxies(f.trustedProxies)
+	if err != nil {
+		return usagef("--trusted-proxy: %v", err)
+	}
 	srv, err := collector.New(collector.Config{
+		MaxPreAuthConns: f.maxPreAuthConns,
+		HelloTimeout:    f.helloTimeout,
+		TrustedProxies:  proxies,
 		Format:          format,
 		RotateSize:      int64(f.rotateSize),
 		RotateTime:      f.rotateTime,
