@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -36,10 +37,14 @@ func (l *listener) Accept() (net.Conn, error) {
 func (c *Controller) accept(nc net.Conn) *Conn {
 	ip := hostOf(nc.RemoteAddr().String())
 	proxy := c.trusted(ip)
+	conn := &Conn{Conn: nc, c: c, ip: ip, proxy: proxy, accepted: time.Now()}
+	conn.addr = &Addr{Addr: nc.RemoteAddr(), conn: conn}
+	conn.timer = time.AfterFunc(c.cfg.HelloTimeout, conn.expire)
 	c.mu.Lock()
 	if !proxy && c.perAddr[ip] >= c.cfg.MaxConnsPerAddr {
 		n := c.perAddr[ip]
 		c.mu.Unlock()
+		conn.timer.Stop()
 		c.log.Warn("refusing connections over the limit", "addr", ip, "connections_from_addr", n,
 			"max_per_addr", c.cfg.MaxConnsPerAddr)
 		nc.Close()
@@ -48,9 +53,9 @@ func (c *Controller) accept(nc net.Conn) *Conn {
 	var evict *Conn
 	if c.preAuth.Len() >= c.cfg.MaxPreAuthConns {
 		evict = c.preAuth.Front().Value.(*Conn)
+		c.preAuth.Remove(evict.elem)
+		evict.elem = nil
 	}
-	conn := &Conn{Conn: nc, c: c, ip: ip, proxy: proxy, accepted: time.Now()}
-	conn.addr = &Addr{Addr: nc.RemoteAddr(), conn: conn}
 	conn.elem = c.preAuth.PushBack(conn)
 	if !proxy {
 		c.perAddr[ip]++
@@ -61,7 +66,6 @@ func (c *Controller) accept(nc net.Conn) *Conn {
 			"addr", evict.ip, "age", time.Since(evict.accepted).Round(time.Millisecond), "max_preauth_conns", c.cfg.MaxPreAuthConns)
 		evict.Close()
 	}
-	conn.timer = time.AfterFunc(c.cfg.HelloTimeout, conn.expire)
 	return conn
 }
 
@@ -83,6 +87,7 @@ type Conn struct {
 	window  time.Time
 
 	closeOnce sync.Once
+	closed    atomic.Bool
 }
 
 // Addr is a connection's remote address, carrying the connection.
@@ -105,6 +110,7 @@ func (c *Conn) RemoteAddr() net.Addr { return c.addr }
 
 // Close closes the connection and gives back its place.
 func (c *Conn) Close() error {
+	c.closed.Store(true)
 	err := c.Conn.Close()
 	c.closeOnce.Do(c.release)
 	return err
@@ -134,7 +140,7 @@ func (c *Conn) expire() {
 	c.c.mu.Lock()
 	pending := c.elem != nil
 	c.c.mu.Unlock()
-	if pending {
+	if pending && !c.closed.Load() {
 		c.c.log.Warn("closing a connection that did not authenticate in time", "addr", c.ip,
 			"hello_timeout", c.c.cfg.HelloTimeout)
 		c.Close()
@@ -175,7 +181,7 @@ func (c *Conn) streamAborted() {
 	c.aborted++
 	over := c.aborted > ctl.cfg.MaxAbortedStreams
 	ctl.mu.Unlock()
-	if over {
+	if over && !c.closed.Load() {
 		ctl.log.Warn("closing a connection that opened too many streams without a Hello", "addr", c.ip,
 			"max_per_minute", ctl.cfg.MaxAbortedStreams)
 		c.Close()
