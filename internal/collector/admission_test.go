@@ -75,7 +75,9 @@ func userMD(user, pw string) metadata.MD {
 // Ten bad passwords for one user lock that user out from that address, not
 // everyone there: behind a proxy every agent shares an address.
 func TestLoginLimiterKeysOnCredential(t *testing.T) {
-	tc := startTLSCollector(t, "")
+	// A connection that authenticates nothing is closed at HelloTimeout:
+	// give the ten slow failures time on one connection.
+	tc := startTLSCollector(t, "", func(c *Config) { c.HelloTimeout = time.Minute })
 	good := tc.token(t, "agent", time.Time{}, false)
 	c := dialTLS(t, tc.addr, auth.ClientOptions{Pin: tc.id.Pin()})
 	for i := range DefaultMaxAuthFailures {
@@ -94,7 +96,7 @@ func TestLoginLimiterKeysOnCredential(t *testing.T) {
 // Concurrent attempts count from their start: 64 guesses at once for one
 // user get no more than MaxAuthFailures checks.
 func TestConcurrentLoginAttemptsCount(t *testing.T) {
-	tc := startTLSCollector(t, "")
+	tc := startTLSCollector(t, "", func(c *Config) { c.HelloTimeout = time.Minute })
 	conn := dialFrom(t, tc, "127.0.0.1")
 	var checked, limited atomic.Int32
 	var wg sync.WaitGroup
