@@ -8,6 +8,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 )
 
 func TestLimiterCountsAttemptsInFlight(t *testing.T) {
@@ -139,5 +142,40 @@ func TestPreAuthConnectionsGiveWay(t *testing.T) {
 	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("authenticated connection: %v, want a read timeout", err)
+	}
+}
+
+func TestForwardedAddressOnlyFromTrustedProxies(t *testing.T) {
+	proxies, err := ParseTrustedProxies([]string{"10.0.0.0/8, 192.0.2.7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParseTrustedProxies([]string{"nginx"}); err == nil {
+		t.Fatal("a name was taken for a CIDR")
+	}
+	c := New(Config{TrustedProxies: proxies})
+	tests := []struct {
+		peer string
+		md   metadata.MD
+		want string
+	}{
+		{"10.1.2.3:5000", metadata.Pairs("x-real-ip", "198.51.100.1"), "198.51.100.1"},
+		{"192.0.2.7:5000", metadata.Pairs("x-forwarded-for", "203.0.113.5, 198.51.100.2"), "198.51.100.2"},
+		{"10.1.2.3:5000", nil, "10.1.2.3"},
+		{"10.1.2.3:5000", metadata.Pairs("x-real-ip", "not an address"), "10.1.2.3"},
+		{"192.0.2.8:5000", metadata.Pairs("x-real-ip", "198.51.100.1"), "192.0.2.8"},
+	}
+	for _, tt := range tests {
+		ap, _ := net.ResolveTCPAddr("tcp", tt.peer)
+		ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: ap})
+		ctx = metadata.NewIncomingContext(ctx, tt.md)
+		s, err := c.Stream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Addr != tt.want {
+			t.Errorf("peer %s, headers %v: address %s, want %s", tt.peer, tt.md, s.Addr, tt.want)
+		}
+		s.Done()
 	}
 }
