@@ -162,6 +162,9 @@ func TestIdleConnectionsDoNotLockOut(t *testing.T) {
 	if n != 300 {
 		t.Fatalf("stored %d packets, want 300", n)
 	}
+	if !strings.Contains(c.output(), "credentials_in_headers=true") {
+		t.Errorf("the agent did not send its credentials in the request headers")
+	}
 }
 
 // TestPreAuthHelloMemory: 64 connections each sending a 16 MiB Hello

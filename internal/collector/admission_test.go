@@ -22,6 +22,7 @@ import (
 
 	"github.com/tapstream/tapstream/internal/admission"
 	"github.com/tapstream/tapstream/internal/auth"
+	"github.com/tapstream/tapstream/internal/store"
 	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
 )
 
@@ -90,6 +91,37 @@ func TestLoginLimiterKeysOnCredential(t *testing.T) {
 	}
 	if got, err := helloErr(t, c, withCreds("late", &pb.Credentials{Token: good})); err != nil || got != pb.Refusal_REASON_UNSPECIFIED {
 		t.Fatalf("a valid token from the same address after others' failures: %v %v, want a Welcome", got, err)
+	}
+}
+
+// Credentials in the request headers are checked before Hello is read;
+// the Hello's own credentials stay authoritative.
+func TestHeaderCredentials(t *testing.T) {
+	tc := startTLSCollector(t, "")
+	good := tc.token(t, "agent", time.Time{}, false)
+	other := tc.token(t, "agent", time.Time{}, false)
+	hash, _ := auth.HashPassword("sensor-password")
+	tc.srv.store.AddUser(context.Background(), store.User{Name: "sensör", Role: "agent", Hash: hash})
+	conn := dialFrom(t, tc, "127.0.0.1")
+	unknown, _, _, _ := auth.NewToken()
+	tests := []struct {
+		name  string
+		md    metadata.MD
+		creds *pb.Credentials
+		want  pb.Refusal_Reason
+	}{
+		{"token", tokenMD(good), &pb.Credentials{Token: good}, pb.Refusal_REASON_UNSPECIFIED},
+		{"user", userMD("sensör", "sensor-password"), &pb.Credentials{User: "sensör", Password: "sensor-password"}, pb.Refusal_REASON_UNSPECIFIED},
+		{"bad header token", tokenMD(unknown), &pb.Credentials{Token: good}, pb.Refusal_REASON_BAD_CREDENTIALS},
+		{"hello differs", tokenMD(good), &pb.Credentials{Token: unknown}, pb.Refusal_REASON_BAD_CREDENTIALS},
+		{"hello another valid token", tokenMD(good), &pb.Credentials{Token: other}, pb.Refusal_REASON_UNSPECIFIED},
+		{"oversized header", tokenMD(strings.Repeat("x", 200)), &pb.Credentials{Token: good}, pb.Refusal_REASON_INVALID_HELLO},
+	}
+	for _, tt := range tests {
+		got, err := helloMD(context.Background(), conn, tt.md, withCreds("hdr", tt.creds))
+		if err != nil || got != tt.want {
+			t.Errorf("%s: %v %v, want %v", tt.name, got, err, tt.want)
+		}
 	}
 }
 

@@ -124,6 +124,13 @@ func hasClientCert(ctx context.Context) bool {
 	return false
 }
 
+// hasHeaderCredentials reports whether the stream's request headers
+// carry credentials.
+func hasHeaderCredentials(ctx context.Context) bool {
+	c, _ := metadataCredentials(ctx)
+	return c != nil
+}
+
 // metadataCredentials returns the credentials an agent sent in its
 // request headers, so that it can be authenticated before its first
 // message is read; nil when there are none.

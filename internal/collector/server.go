@@ -470,7 +470,8 @@ func (s *Server) Stream(stream pb.Capture_StreamServer) error {
 	log.Info("agent connected", "as", who,
 		"hostname", hello.Hostname, "os", hello.Os, "arch", hello.Arch,
 		"interface", hello.Interface, "link_type", hello.LinkType, "snaplen", hello.Snaplen,
-		"filter", hello.Filter, "agent_version", hello.AgentVersion, "resume_after", sess.lastSeq)
+		"filter", hello.Filter, "agent_version", hello.AgentVersion, "resume_after", sess.lastSeq,
+		"credentials_in_headers", hasHeaderCredentials(ctx))
 
 	err = stream.Send(&pb.CollectorMessage{Msg: &pb.CollectorMessage_Welcome{Welcome: &pb.Welcome{
 		SessionId:             sess.id,
