@@ -132,3 +132,18 @@ func (s *Stream) LegacyHello() (func(), error) {
 		return nil, ErrBusy
 	}
 }
+
+// Busy reports, cheaply and without waiting, whether a new stream would
+// be refused: the unauthenticated streams are at their cap, or the
+// stream carries no credentials in its headers (withCredentials false)
+// while the places for such Hellos are taken. It is meant for gRPC's tap,
+// which runs before a stream is created: a stream refused there is reset
+// at once, and the data its client sends is never buffered.
+func (c *Controller) Busy(withCredentials bool) bool {
+	if !withCredentials && len(c.legacy) == cap(c.legacy) {
+		return true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.preAuthStreams >= c.cfg.MaxPreAuthStreams
+}

@@ -27,9 +27,11 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tapstream/tapstream/internal/admission"
+	"github.com/tapstream/tapstream/internal/auth"
 	"github.com/tapstream/tapstream/internal/pcapfile"
 	"github.com/tapstream/tapstream/internal/ratelog"
 	"github.com/tapstream/tapstream/internal/source"
@@ -302,6 +304,7 @@ func (s *Server) GRPCServer(extra ...grpc.ServerOption) *grpc.Server {
 		// authenticate.
 		grpc.ConnectionTimeout(s.cfg.HelloTimeout),
 		grpc.MaxHeaderListSize(maxHeaderListSize),
+		grpc.InTapHandle(s.tap),
 		// Batch records arrive in a pooled buffer; sessions give it back.
 		grpc.ForceServerCodecV2(wirecodec.Codec{}),
 		grpc.MaxConcurrentStreams(s.cfg.MaxStreamsPerConn),
@@ -554,6 +557,20 @@ func (s *Server) connAuthenticated(st *admission.Stream) *pb.Refusal {
 		return &pb.Refusal{Reason: pb.Refusal_REASON_RESOURCE_LIMIT, Message: err.Error() + "; try again later"}
 	}
 	return nil
+}
+
+// tap runs when a stream's headers arrive, before the stream exists: a
+// stream that admission would refuse at once is reset there, so its
+// client's first message is never buffered. It must not block.
+func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if s.cfg.TLS == nil {
+		return ctx, nil
+	}
+	creds := len(info.Header.Get(auth.MetadataToken)) > 0 || len(info.Header.Get(auth.MetadataUser)) > 0 || hasClientCert(ctx)
+	if s.adm.Busy(creds) {
+		return nil, status.Error(codes.ResourceExhausted, "collector busy with unauthenticated streams; try again shortly")
+	}
+	return ctx, nil
 }
 
 // refuse sends ref and returns the stream's status.
