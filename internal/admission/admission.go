@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -28,7 +29,6 @@ const (
 	DefaultMaxPreAuthStreams = 1024
 	DefaultHelloTimeout      = 5 * time.Second
 	DefaultMaxAuthFailures   = 10
-	DefaultPasswordChecks    = 2
 	DefaultPasswordQueue     = 16
 	DefaultMaxAbortedStreams = 32
 	// DefaultLegacyHellos bounds Hellos read at once from streams that
@@ -36,6 +36,10 @@ const (
 	// check): their size is unknown until read.
 	DefaultLegacyHellos = 1
 )
+
+// DefaultPasswordChecks is how many bcrypt checks run at once: a quarter
+// of the cores, at least one, so that guesses never take every core.
+var DefaultPasswordChecks = max(1, runtime.NumCPU()/4)
 
 // Config sets the limits. Zero values take the defaults.
 type Config struct {

@@ -61,7 +61,6 @@ const (
 	DefaultMaxConnsPerIP   = admission.DefaultMaxConnsPerAddr
 	DefaultMaxPreAuthConns = admission.DefaultMaxPreAuthConns
 	DefaultMaxAuthFailures = admission.DefaultMaxAuthFailures
-	DefaultPasswordChecks  = admission.DefaultPasswordChecks
 	// Lines logged before a stream authenticates: at most logBurst of one
 	// message per logInterval, then a count of those held back.
 	logInterval = 10 * time.Second
