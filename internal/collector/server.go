@@ -166,7 +166,7 @@ func (c *Config) Validate() error {
 		c.MaxAuthFailures = DefaultMaxAuthFailures
 	}
 	if c.MaxConns < 0 || c.MaxConnsPerIP < 0 || c.MaxPreAuthConns < 0 || c.MaxAuthFailures < 0 || c.PasswordChecks < 0 {
-		return errors.New("connection and authentication limits must be positive")
+		return errors.New("connection and authentication limits must not be negative (0 takes the default)")
 	}
 	if c.MaxStreamsPerConn == 0 {
 		c.MaxStreamsPerConn = DefaultMaxStreamsPerConn
