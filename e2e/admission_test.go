@@ -199,11 +199,17 @@ func TestPreAuthHelloMemory(t *testing.T) {
 	big.Hostname = strings.Repeat("h", 16<<20-1024)
 	var wg sync.WaitGroup
 	var refused atomic.Int32
-	for i := range 64 {
+	opt := grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64 << 20))
+	shared := hostile(t, addr, pin, "127.0.3.200", opt)
+	// 64 connections with one stream each, then 64 streams on one.
+	for i := range 128 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			conn := hostile(t, addr, pin, fmt.Sprintf("127.0.3.%d", i+1), grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20)))
+			conn := shared
+			if i < 64 {
+				conn = hostile(t, addr, pin, fmt.Sprintf("127.0.3.%d", i+1), opt)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			// Half send no credentials; half send a well-formed but
@@ -216,14 +222,17 @@ func TestPreAuthHelloMemory(t *testing.T) {
 				refused.Add(1)
 			}
 		}()
+		if i == 63 {
+			wg.Wait()
+		}
 	}
 	wg.Wait()
 	close(stop)
 	<-sampled
-	t.Logf("collector RSS %d MiB idle, %d MiB at most during 64 unauthenticated 16 MiB Hellos (%d refused)",
+	t.Logf("collector RSS %d MiB idle, %d MiB at most during 64 connections and then 64 streams on one connection sending unauthenticated 16 MiB Hellos (%d of 128 refused)",
 		base/1024, peak.Load()/1024, refused.Load())
-	if refused.Load() != 64 {
-		t.Errorf("%d of 64 unauthenticated Hellos refused", refused.Load())
+	if refused.Load() != 128 {
+		t.Errorf("%d of 128 unauthenticated Hellos refused", refused.Load())
 	}
 	if peak.Load() > int64(base+200*1024) {
 		t.Fatalf("collector RSS rose from %d to %d MiB", base/1024, peak.Load()/1024)

@@ -88,7 +88,7 @@ Stop it with SIGINT or SIGTERM: it stores and acks the batches in hand,
 closes every file and prints per-source counters.`, collector.DefaultPort),
 		Example: `  tapstream collector --data /var/lib/tapstream
   tapstream collector --data /var/lib/tapstream --tls-san capture.example.org
-  tapstream collector --uri-prefix /tapstream       # behind nginx grpc_pass
+  tapstream collector --uri-prefix /tapstream --trusted-proxy 10.0.0.4/32   # behind nginx grpc_pass
   tapstream collector --insecure                     # plaintext on 127.0.0.1 only`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runCollector(cmd, g, f) },
