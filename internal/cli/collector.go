@@ -138,6 +138,10 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 	if err != nil {
 		return usagef("--listen %q: want HOST:PORT: %v", listen, err)
 	}
+	proxies, err := admission.ParseTrustedProxies(f.trustedProxies)
+	if err != nil {
+		return usagef("--trusted-proxy: %v", err)
+	}
 	var tlsCfg *tls.Config
 	var id *auth.Identity
 	if f.insecure {
@@ -171,10 +175,6 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 	minFree, err := parseMinFree(f.minFree)
 	if err != nil {
 		return usagef("--min-free: %v", err)
-	}
-	proxies, err := admission.ParseTrustedProxies(f.trustedProxies)
-	if err != nil {
-		return usagef("--trusted-proxy: %v", err)
 	}
 	srv, err := collector.New(collector.Config{
 		MaxPreAuthConns: f.maxPreAuthConns,
