@@ -83,8 +83,11 @@ func forwarded(ctx context.Context) string {
 // EndedBeforeHello records that the client ended the stream (or let it
 // time out) before sending Hello. A connection that does this too often
 // is closed: opening and resetting streams costs the client nothing.
+//
+// A trusted proxy's connection is left open: it may carry other clients'
+// streams, and the proxy answers for its own clients.
 func (s *Stream) EndedBeforeHello() {
-	if s.conn != nil {
+	if s.conn != nil && !s.conn.proxy {
 		s.conn.streamAborted()
 	}
 }
