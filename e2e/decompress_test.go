@@ -17,6 +17,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/tapstream/tapstream/internal/auth"
 	"github.com/tapstream/tapstream/internal/pcaptest"
@@ -100,7 +101,7 @@ func TestDecompressionMemoryBudget(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			st, err := pb.NewCaptureClient(conn).Stream(ctx)
+			st, err := pb.NewCaptureClient(conn).Stream(metadata.AppendToOutgoingContext(ctx, auth.MetadataToken, bomberToken))
 			if err != nil {
 				acked <- err
 				return

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/tapstream/tapstream/internal/auth"
@@ -50,14 +51,14 @@ func runCLI(t *testing.T, args ...string) string {
 	return p.output()
 }
 
-// hostile is a client written for these tests: it speaks the protocol
+// forger is a client written for these tests: it speaks the protocol
 // with a valid token but does what no agent would.
-type hostile struct {
+type forger struct {
 	t    *testing.T
 	conn *grpc.ClientConn
 }
 
-func dialHostile(t *testing.T, addr, pin string) *hostile {
+func dialHostile(t *testing.T, addr, pin string) *forger {
 	t.Helper()
 	cfg, err := auth.ClientTLS(auth.ClientOptions{ServerName: "127.0.0.1", Pin: pin})
 	if err != nil {
@@ -68,17 +69,19 @@ func dialHostile(t *testing.T, addr, pin string) *hostile {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &hostile{t: t, conn: conn}
+	return &forger{t: t, conn: conn}
 }
 
-func hostileHello(token, id, name, host string) *pb.Hello {
+func forgedHello(token, id, name, host string) *pb.Hello {
 	return &pb.Hello{ProtocolVersion: 1, SourceUuid: id, SourceName: name, CaptureId: uuid.NewString(),
 		Hostname: host, LinkType: 1, Snaplen: 65535, Credentials: &pb.Credentials{Token: token}}
 }
 
 // hello opens a stream with h and returns it with the collector's answer.
 // The stream lives until ctx ends.
-func (c *hostile) hello(ctx context.Context, h *pb.Hello) (pb.Capture_StreamClient, *pb.CollectorMessage, error) {
+func (c *forger) hello(ctx context.Context, h *pb.Hello) (pb.Capture_StreamClient, *pb.CollectorMessage, error) {
+	// Credentials in the headers too, as the agent sends them.
+	ctx = metadata.AppendToOutgoingContext(ctx, auth.MetadataToken, h.GetCredentials().GetToken())
 	st, err := pb.NewCaptureClient(c.conn).Stream(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -92,7 +95,7 @@ func (c *hostile) hello(ctx context.Context, h *pb.Hello) (pb.Capture_StreamClie
 
 // forge tries to write a forged packet into the source h names: it
 // returns the refusal, or nil once the forged batch was acked.
-func (c *hostile) forge(h *pb.Hello) *pb.Refusal {
+func (c *forger) forge(h *pb.Hello) *pb.Refusal {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -138,9 +141,9 @@ func TestSourceOwnership(t *testing.T) {
 
 	h := dialHostile(t, addr, pin)
 	for what, hello := range map[string]*pb.Hello{
-		"by uuid": hostileHello(attacker, web1, "web1", "attacker"),
-		"by name": hostileHello(attacker, uuid.NewString(), "web1", "attacker"),
-		"renamed": hostileHello(attacker, web1, "innocent", "attacker"),
+		"by uuid": forgedHello(attacker, web1, "web1", "attacker"),
+		"by name": forgedHello(attacker, uuid.NewString(), "web1", "attacker"),
+		"renamed": forgedHello(attacker, web1, "innocent", "attacker"),
 	} {
 		r := h.forge(hello)
 		if r == nil || r.Reason != pb.Refusal_REASON_SOURCE_OWNED {
@@ -176,7 +179,7 @@ func TestSourceOwnership(t *testing.T) {
 	if !strings.Contains(re, "token:"+victimID+" -> token:"+attackerID) {
 		t.Fatalf("reassign said:\n%s", re)
 	}
-	if r := h.forge(hostileHello(attacker, web1, "web1", "new-owner")); r != nil {
+	if r := h.forge(forgedHello(attacker, web1, "web1", "new-owner")); r != nil {
 		t.Fatalf("new owner after reassign: %v", r)
 	}
 	// The old owner's agent is told, and stops.
@@ -196,7 +199,7 @@ func TestHelloFloodCapped(t *testing.T) {
 	data := t.TempDir()
 	_, addr, pin, token := secureCollector(t, data)
 	flood, floodID := tokenCreate(t, data, "flood")
-	conns := make([]*hostile, 5)
+	conns := make([]*forger, 5)
 	for i := range conns {
 		conns[i] = dialHostile(t, addr, pin)
 	}
@@ -210,7 +213,7 @@ func TestHelloFloodCapped(t *testing.T) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			_, m, err := conns[i%len(conns)].hello(ctx, hostileHello(flood, uuid.NewString(), fmt.Sprintf("flood-%03d", i), "flood"))
+			_, m, err := conns[i%len(conns)].hello(ctx, forgedHello(flood, uuid.NewString(), fmt.Sprintf("flood-%03d", i), "flood"))
 			key := "error"
 			switch {
 			case err != nil:
@@ -256,7 +259,7 @@ func TestSquatter(t *testing.T) {
 	h := dialHostile(t, addr, pin)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	squat, m, err := h.hello(ctx, hostileHello(fleet, web1, "web1", "squatter"))
+	squat, m, err := h.hello(ctx, forgedHello(fleet, web1, "web1", "squatter"))
 	if err != nil || m.GetWelcome() == nil {
 		t.Fatalf("squatter: %v %v", m, err)
 	}
@@ -270,7 +273,7 @@ func TestSquatter(t *testing.T) {
 		}
 	}()
 
-	r := h.forge(hostileHello(other, web1, "web1", "prober"))
+	r := h.forge(forgedHello(other, web1, "web1", "prober"))
 	if r == nil || strings.Contains(r.Message, "127.0.0.1") {
 		t.Fatalf("another token while the squatter holds web1: %v (must be refused without the squatter's address)", r)
 	}
@@ -290,7 +293,7 @@ func TestSquatter(t *testing.T) {
 	}
 
 	// A silent stream of a source of its own ends at the idle timeout.
-	silent, m, err := h.hello(ctx, hostileHello(other, uuid.NewString(), "silent", "squatter"))
+	silent, m, err := h.hello(ctx, forgedHello(other, uuid.NewString(), "silent", "squatter"))
 	if err != nil || m.GetWelcome() == nil {
 		t.Fatalf("silent stream: %v %v", m, err)
 	}

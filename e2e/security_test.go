@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/tapstream/tapstream/internal/auth"
@@ -330,6 +331,9 @@ func oversized(t *testing.T, addr, pin, token string) error {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// The token in the headers too, as the agent sends it: Hellos without
+	// it are read one at a time.
+	ctx = metadata.AppendToOutgoingContext(ctx, auth.MetadataToken, token)
 	st, err := pb.NewCaptureClient(conn).Stream(ctx)
 	if err != nil {
 		return err

@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/tapstream/tapstream/internal/auth"
 	"github.com/tapstream/tapstream/internal/capture"
@@ -370,6 +371,16 @@ func (a *Agent) dial() (*grpc.ClientConn, error) {
 
 // openStream opens one source's stream, under the endpoint prefix if any.
 func (a *Agent) openStream(ctx context.Context) (pb.Capture_StreamClient, error) {
+	// The credentials go in the request headers as well as in Hello: the
+	// collector checks them before it reads the first message.
+	if !a.cfg.Insecure {
+		switch {
+		case a.cfg.Token != "":
+			ctx = metadata.AppendToOutgoingContext(ctx, auth.MetadataToken, a.cfg.Token)
+		case a.cfg.User != "":
+			ctx = metadata.AppendToOutgoingContext(ctx, auth.MetadataUser, a.cfg.User, auth.MetadataPassword, a.cfg.Password)
+		}
+	}
 	if a.cfg.Endpoint == "" {
 		return pb.NewCaptureClient(a.conn).Stream(ctx)
 	}

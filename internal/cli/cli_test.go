@@ -47,6 +47,9 @@ func TestExitCodes(t *testing.T) {
 	if code, _ := run("nosuch"); code != ExitUsage {
 		t.Errorf("unknown command exited %d, want %d", code, ExitUsage)
 	}
+	if code, out := run("collector", "--data", t.TempDir(), "--listen", "127.0.0.1:0", "--trusted-proxy", "nginx.example"); code != ExitUsage || !strings.Contains(out, "--trusted-proxy") {
+		t.Errorf("bad --trusted-proxy: exit %d, %q", code, out)
+	}
 	t.Setenv("TAPSTREAM_LOG_LEVEL", "loud")
 	if code, out := run("agent", "--insecure", "--connect", "127.0.0.1:1", "--source", "lo"); code != ExitUsage || !strings.Contains(out, "--log-level") {
 		t.Errorf("bad TAPSTREAM_LOG_LEVEL: exit %d, %q", code, out)

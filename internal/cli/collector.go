@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tapstream/tapstream/internal/admission"
 	"github.com/tapstream/tapstream/internal/auth"
 	"github.com/tapstream/tapstream/internal/bytesize"
 	"github.com/tapstream/tapstream/internal/collector"
@@ -37,6 +38,9 @@ type collectorFlags struct {
 	shutdownTimeout  time.Duration
 	maxSources       int
 	idleTimeout      time.Duration
+	maxPreAuthConns  int
+	helloTimeout     time.Duration
+	trustedProxies   []string
 
 	format        string
 	rotateSize    bytesize.Size
@@ -96,7 +100,7 @@ Stop it with SIGINT or SIGTERM: it stores and acks the batches in hand,
 closes every file and prints per-source counters.`, collector.DefaultPort),
 		Example: `  tapstream collector --data /var/lib/tapstream
   tapstream collector --data /var/lib/tapstream --tls-san capture.example.org
-  tapstream collector --uri-prefix /tapstream       # behind nginx grpc_pass
+  tapstream collector --uri-prefix /tapstream --trusted-proxy 10.0.0.4/32   # behind nginx grpc_pass
   tapstream collector --insecure                     # plaintext on 127.0.0.1 only`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runCollector(cmd, g, f) },
@@ -110,10 +114,13 @@ closes every file and prints per-source counters.`, collector.DefaultPort),
 	fl.StringArrayVar(&f.tlsSANs, "tls-san", nil, "extra name or address for the generated certificate (repeatable)")
 	fl.StringVar(&f.clientCA, "client-ca", "", "accept agents presenting a client certificate signed by this CA (PEM) instead of a token")
 	fl.StringVar(&f.uriPrefix, "uri-prefix", "", "path prefix a proxy keeps in front of the gRPC path, e.g. /tapstream")
-	fl.IntVar(&f.maxConns, "max-conns", collector.DefaultMaxConns, "connections at most, in all")
-	fl.IntVar(&f.maxConnsPerIP, "max-conns-per-addr", collector.DefaultMaxConnsPerIP, "connections at most from one address")
 	fl.IntVar(&f.maxSources, "max-sources-per-credential", collector.DefaultMaxSourcesPerOwner, "sources one token, user or client certificate may create (-1: no limit)")
 	fl.DurationVar(&f.idleTimeout, "stream-idle-timeout", collector.DefaultStreamIdleTimeout, "end a stream that sends no batch and no keepalive for this long (agents send a keepalive after a third of it)")
+	fl.IntVar(&f.maxConns, "max-conns", collector.DefaultMaxConns, "authenticated connections at most, in all")
+	fl.IntVar(&f.maxConnsPerIP, "max-conns-per-addr", collector.DefaultMaxConnsPerIP, "connections at most from one address (streams from one forwarded address behind a --trusted-proxy)")
+	fl.IntVar(&f.maxPreAuthConns, "max-preauth-conns", collector.DefaultMaxPreAuthConns, "connections that have not authenticated yet, at most; past it the oldest of them is closed")
+	fl.DurationVar(&f.helloTimeout, "hello-timeout", collector.DefaultHelloTimeout, "time a new connection has for its TLS handshake and first authenticated Hello")
+	fl.StringArrayVar(&f.trustedProxies, "trusted-proxy", nil, "CIDR of a proxy (nginx) whose X-Real-IP / X-Forwarded-For is believed; its own connections are not capped per address (repeatable)")
 	fl.BoolVar(&f.fsync, "fsync", false, "sync each batch to disk before acking it")
 	fl.Var(&f.maxMessage, "max-message-size", "largest message accepted from an agent")
 	fl.Var(&f.decompressMemory, "decompress-memory", "memory all streams share for decompressing batches; a stream waits its turn beyond it")
@@ -146,6 +153,10 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		return usagef("--listen %q: want HOST:PORT: %v", listen, err)
+	}
+	proxies, err := admission.ParseTrustedProxies(f.trustedProxies)
+	if err != nil {
+		return usagef("--trusted-proxy: %v", err)
 	}
 	var tlsCfg *tls.Config
 	var id *auth.Identity
@@ -204,6 +215,9 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 
 		MaxSourcesPerOwner: f.maxSources,
 		StreamIdleTimeout:  f.idleTimeout,
+		MaxPreAuthConns:    f.maxPreAuthConns,
+		HelloTimeout:       f.helloTimeout,
+		TrustedProxies:     proxies,
 	})
 	if err != nil {
 		return err

@@ -4,14 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"path"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
+	"github.com/tapstream/tapstream/internal/admission"
 	"github.com/tapstream/tapstream/internal/auth"
 	"github.com/tapstream/tapstream/internal/store"
 	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
@@ -89,24 +89,92 @@ func (p principal) mayName(name string) bool {
 
 // authenticate decides who the agent is, from a client certificate or the
 // credentials in its Hello. It returns the principal, or a typed refusal.
-// Failures count towards the address's rate limit.
-func (s *Server) authenticate(ctx context.Context, h *pb.Hello, remote string) (principal, *pb.Refusal) {
+
+// authenticate decides who the agent is, from a client certificate or the
+// credentials in h, under the login limiter: attempts are counted per
+// credential and client address from the moment they start, and password
+// checks wait for one of a few places so guesses cannot starve token
+// checks or the rest of the collector.
+func (s *Server) authenticate(ctx context.Context, h *pb.Hello, st *admission.Stream) (principal, *pb.Refusal) {
 	if s.cfg.TLS == nil {
 		return insecurePrincipal, nil
 	}
-	ip := remoteIP(remote)
-	if wait := s.failures.blocked(ip); wait > 0 {
-		return principal{}, &pb.Refusal{Reason: pb.Refusal_REASON_RESOURCE_LIMIT,
-			Message: fmt.Sprintf("too many failed attempts from %s; try again in %v", ip, wait.Round(time.Second))}
-	}
-	who, ref := s.checkCredentials(ctx, h)
-	if ref != nil {
-		if s.failures.fail(ip, s.cfg.MaxAuthFailures) {
-			s.log.Warn("rate-limiting an address after repeated failed authentication", "addr", ip,
-				"failures", s.cfg.MaxAuthFailures, "block", failureBlock)
+	var who principal
+	var ref *pb.Refusal
+	err := st.Login(ctx, credentialOf(ctx, h), func() (bool, bool) {
+		who, ref = s.checkCredentials(ctx, h)
+		if ref == nil {
+			return true, false
 		}
+		return false, ref.Reason != pb.Refusal_REASON_STORAGE_UNAVAILABLE
+	})
+	var blocked *admission.BlockedError
+	switch {
+	case errors.As(err, &blocked):
+		return who, &pb.Refusal{Reason: pb.Refusal_REASON_RESOURCE_LIMIT, Message: blocked.Error()}
+	case errors.Is(err, admission.ErrBusy):
+		return who, &pb.Refusal{Reason: pb.Refusal_REASON_RESOURCE_LIMIT,
+			Message: "collector busy checking passwords; try again in a few seconds (tokens are checked without waiting)"}
+	case err != nil:
+		return who, &pb.Refusal{Reason: pb.Refusal_REASON_RESOURCE_LIMIT, Message: fmt.Sprintf("authentication: %v", err)}
 	}
 	return who, ref
+}
+
+// credentialOf names what h presents, for the login limiter.
+func credentialOf(ctx context.Context, h *pb.Hello) admission.Credential {
+	if hasClientCert(ctx) {
+		return admission.Credential{ID: "cert"}
+	}
+	c := h.GetCredentials()
+	switch {
+	case c.GetToken() != "":
+		id, _, err := auth.ParseToken(c.GetToken())
+		if err != nil {
+			return admission.Credential{ID: "token:malformed"}
+		}
+		return admission.Credential{ID: "token:" + id}
+	case c.GetUser() != "":
+		return admission.Credential{ID: "user:" + c.GetUser(), Password: true}
+	}
+	return admission.Credential{ID: "none"}
+}
+
+func hasClientCert(ctx context.Context) bool {
+	if p, ok := peer.FromContext(ctx); ok {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// hasHeaderCredentials reports whether the stream's request headers
+// carry credentials.
+func hasHeaderCredentials(ctx context.Context) bool {
+	c, _ := metadataCredentials(ctx)
+	return c != nil
+}
+
+// metadataCredentials returns the credentials an agent sent in its
+// request headers, so that it can be authenticated before its first
+// message is read; nil when there are none.
+func metadataCredentials(ctx context.Context) (*pb.Credentials, *pb.Refusal) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	get := func(k string) string {
+		if v := md.Get(k); len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	c := &pb.Credentials{Token: get(auth.MetadataToken), User: get(auth.MetadataUser), Password: get(auth.MetadataPassword)}
+	if c.Token == "" && c.User == "" {
+		return nil, nil
+	}
+	if ref := checkHello(&pb.Hello{Credentials: c}); ref != nil {
+		return nil, ref
+	}
+	return c, nil
 }
 
 // certPrincipal is the principal of a verified client certificate, if
@@ -184,73 +252,4 @@ func tokenValid(t store.Token) *pb.Refusal {
 
 func refusal(r pb.Refusal_Reason, format string, args ...any) *pb.Refusal {
 	return &pb.Refusal{Reason: r, Message: fmt.Sprintf(format, args...)}
-}
-
-func remoteIP(addr string) string {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	return host
-}
-
-// Rate limit on failed authentication, per address.
-const (
-	// DefaultMaxAuthFailures is how many failures a minute an address may
-	// have before it is blocked for a minute.
-	DefaultMaxAuthFailures = 10
-	failureWindow          = time.Minute
-	failureBlock           = time.Minute
-	failureTrack           = 10000 // addresses remembered at most
-)
-
-// failureLimiter blocks an address for failureBlock after a number of
-// failures within failureWindow.
-type failureLimiter struct {
-	mu   sync.Mutex
-	addr map[string]*failures
-}
-
-type failures struct {
-	n            int
-	windowStart  time.Time
-	blockedUntil time.Time
-}
-
-func (l *failureLimiter) blocked(ip string) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if f := l.addr[ip]; f != nil {
-		return time.Until(f.blockedUntil)
-	}
-	return 0
-}
-
-// fail records a failure and reports whether it started a block.
-func (l *failureLimiter) fail(ip string, limit int) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	if l.addr == nil {
-		l.addr = map[string]*failures{}
-	}
-	if len(l.addr) >= failureTrack {
-		for k, f := range l.addr {
-			if now.Sub(f.windowStart) > failureWindow && now.After(f.blockedUntil) {
-				delete(l.addr, k)
-			}
-		}
-	}
-	f := l.addr[ip]
-	if f == nil || now.Sub(f.windowStart) > failureWindow {
-		f = &failures{windowStart: now}
-		l.addr[ip] = f
-	}
-	f.n++
-	if f.n >= limit && now.After(f.blockedUntil) {
-		f.blockedUntil = now.Add(failureBlock)
-		f.n = 0
-		return true
-	}
-	return false
 }

@@ -212,21 +212,6 @@ func TestHandshakeMatrix(t *testing.T) {
 	}
 }
 
-func TestFailedAuthenticationIsRateLimited(t *testing.T) {
-	tc := startTLSCollector(t, "")
-	good := tc.token(t, "agent", time.Time{}, false)
-	c := dialTLS(t, tc.addr, auth.ClientOptions{Pin: tc.id.Pin()})
-	for i := range DefaultMaxAuthFailures {
-		if got, _ := helloErr(t, c, withCreds("guess", &pb.Credentials{User: "admin", Password: "guess"})); got != pb.Refusal_REASON_BAD_CREDENTIALS {
-			t.Fatalf("attempt %d: %v", i, got)
-		}
-	}
-	// Blocked now, even with good credentials.
-	if got, _ := helloErr(t, c, withCreds("late", &pb.Credentials{Token: good})); got != pb.Refusal_REASON_RESOURCE_LIMIT {
-		t.Fatalf("after %d failures: %v, want RESOURCE_LIMIT", DefaultMaxAuthFailures, got)
-	}
-}
-
 // An agent with a client certificate signed by --client-ca needs no token.
 func TestClientCertificate(t *testing.T) {
 	dir := t.TempDir()

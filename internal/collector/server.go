@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,10 +26,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/tapstream/tapstream/internal/admission"
+	"github.com/tapstream/tapstream/internal/auth"
 	"github.com/tapstream/tapstream/internal/pcapfile"
+	"github.com/tapstream/tapstream/internal/ratelog"
 	"github.com/tapstream/tapstream/internal/source"
 	"github.com/tapstream/tapstream/internal/store"
 	"github.com/tapstream/tapstream/internal/wire"
@@ -40,7 +45,9 @@ import (
 const (
 	DefaultPort            = 7447
 	DefaultMaxMessageBytes = 16 << 20
-	DefaultHelloTimeout    = 10 * time.Second
+	// DefaultHelloTimeout is how long a new connection has to finish its
+	// TLS handshake and authenticate a stream, and a stream to send Hello.
+	DefaultHelloTimeout    = admission.DefaultHelloTimeout
 	DefaultShutdownTimeout = 10 * time.Second
 	// DefaultMaxStreamsPerConn bounds the sources one connection carries.
 	DefaultMaxStreamsPerConn = 64
@@ -61,8 +68,18 @@ const (
 	// clockWarnSkew is the agent clock offset, seen at Hello, that is
 	// worth a warning.
 	clockWarnSkew = 5 * time.Minute
-	// handshakeTimeout bounds TLS and HTTP/2 setup of a new connection.
-	handshakeTimeout = 10 * time.Second
+	// maxHeaderListSize bounds a stream's request headers, which are read
+	// before anything is known of the client.
+	maxHeaderListSize = 64 << 10
+	// Admission limits; see package admission.
+	DefaultMaxConns        = admission.DefaultMaxConns
+	DefaultMaxConnsPerIP   = admission.DefaultMaxConnsPerAddr
+	DefaultMaxPreAuthConns = admission.DefaultMaxPreAuthConns
+	DefaultMaxAuthFailures = admission.DefaultMaxAuthFailures
+	// Lines logged before a stream authenticates: at most logBurst of one
+	// message per logInterval, then a count of those held back.
+	logInterval = 10 * time.Second
+	logBurst    = 5
 	// maxRecordsPerBatch bounds the records one batch may hold.
 	maxRecordsPerBatch = 1 << 20
 )
@@ -93,12 +110,20 @@ type Config struct {
 	// Kismet's httpd_uri_prefix: streams arrive at
 	// <prefix>/tapstream.v1.Capture/Stream.
 	URIPrefix string
-	// Connection limits: in all, and from one address.
+	// Connection limits: authenticated connections in all, and
+	// connections from one address (streams from one forwarded address
+	// behind a trusted proxy).
 	MaxConns, MaxConnsPerIP int
+	// MaxPreAuthConns bounds connections that have not authenticated a
+	// stream yet; past it the oldest of them is closed.
+	MaxPreAuthConns int
+	// TrustedProxies may forward the client's address (X-Real-IP,
+	// X-Forwarded-For); their own connections are not capped per address.
+	TrustedProxies []netip.Prefix
 	// MaxStreamsPerConn bounds the sources one connection may stream.
 	MaxStreamsPerConn uint32
-	// MaxAuthFailures an address may have in a minute before it is
-	// refused for a minute.
+	// MaxAuthFailures one credential may have from one address in a
+	// minute before it is refused there for a minute.
 	MaxAuthFailures int
 	// MaxSourcesPerOwner bounds the sources one credential may create;
 	// negative means no limit. Not applied without TLS (--insecure).
@@ -110,6 +135,8 @@ type Config struct {
 	// the ownership of their sources are checked again, so that a
 	// revoked token or a reassigned source ends its streams.
 	RecheckInterval time.Duration
+	// PasswordChecks bounds bcrypt checks running at once.
+	PasswordChecks int
 
 	// Format of new files.
 	Format pcapfile.Format
@@ -166,6 +193,9 @@ func (c *Config) Validate() error {
 	if c.MaxConnsPerIP == 0 {
 		c.MaxConnsPerIP = DefaultMaxConnsPerIP
 	}
+	if c.MaxPreAuthConns == 0 {
+		c.MaxPreAuthConns = DefaultMaxPreAuthConns
+	}
 	if c.MaxAuthFailures == 0 {
 		c.MaxAuthFailures = DefaultMaxAuthFailures
 	}
@@ -187,6 +217,9 @@ func (c *Config) Validate() error {
 	if c.RecheckInterval == 0 {
 		c.RecheckInterval = DefaultRecheckInterval
 	}
+	if c.MaxConns < 0 || c.MaxConnsPerIP < 0 || c.MaxPreAuthConns < 0 || c.MaxAuthFailures < 0 || c.PasswordChecks < 0 {
+		return errors.New("connection and authentication limits must not be negative (0 takes the default)")
+	}
 	if c.MaxStreamsPerConn == 0 {
 		c.MaxStreamsPerConn = DefaultMaxStreamsPerConn
 	}
@@ -206,9 +239,14 @@ type Server struct {
 	log     *slog.Logger
 	pcapDir string
 
-	store    *store.Store
-	failures failureLimiter
-	decomp   *decompressor
+	store  *store.Store
+	decomp *decompressor
+	adm    *admission.Controller
+	// preLog is the logger for what happens before a stream
+	// authenticates: repeated lines are suppressed, so a flood of
+	// connections or streams cannot fill the disk with logs.
+	preLog    *slog.Logger
+	preLogger *ratelog.Handler
 
 	mu       sync.Mutex
 	live     map[uuid.UUID]*session // streaming now
@@ -253,9 +291,22 @@ func New(cfg Config) (*Server, error) {
 	for _, r := range st.Repairs() {
 		cfg.Logger.Warn("state database: repaired a value out of range (counters of this row may be wrong)", "row", r)
 	}
+	preLogger := ratelog.New(cfg.Logger.Handler(), logInterval, logBurst)
 	s := &Server{
-		cfg:      cfg,
-		log:      cfg.Logger,
+		cfg:       cfg,
+		log:       cfg.Logger,
+		preLog:    slog.New(preLogger),
+		preLogger: preLogger,
+		adm: admission.New(admission.Config{
+			MaxConns:        cfg.MaxConns,
+			MaxConnsPerAddr: cfg.MaxConnsPerIP,
+			MaxPreAuthConns: cfg.MaxPreAuthConns,
+			HelloTimeout:    cfg.HelloTimeout,
+			TrustedProxies:  cfg.TrustedProxies,
+			MaxAuthFailures: cfg.MaxAuthFailures,
+			PasswordChecks:  cfg.PasswordChecks,
+			Logger:          slog.New(preLogger),
+		}),
 		pcapDir:  pcapDir,
 		store:    st,
 		decomp:   decomp,
@@ -313,7 +364,11 @@ func (s *Server) GRPCServer(extra ...grpc.ServerOption) *grpc.Server {
 			Time:    15 * time.Second,
 			Timeout: 10 * time.Second,
 		}),
-		grpc.ConnectionTimeout(handshakeTimeout),
+		// TLS and HTTP/2 setup must fit in the time a connection has to
+		// authenticate.
+		grpc.ConnectionTimeout(s.cfg.HelloTimeout),
+		grpc.MaxHeaderListSize(maxHeaderListSize),
+		grpc.InTapHandle(s.tap),
 		// Batch records arrive in a pooled buffer; sessions give it back.
 		grpc.ForceServerCodecV2(wirecodec.Codec{}),
 		grpc.MaxConcurrentStreams(s.cfg.MaxStreamsPerConn),
@@ -346,7 +401,7 @@ func (s *Server) prefixed(_ any, stream grpc.ServerStream) error {
 // accepting streams, lets every stream store and ack what it has received,
 // closes the files, and returns.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	lis = newLimitListener(lis, s.cfg.MaxConns, s.cfg.MaxConnsPerIP, s.log)
+	lis = s.adm.Listen(lis)
 	storageCtx, stopStorage := context.WithCancel(context.Background())
 	storageDone := make(chan struct{})
 	go func() {
@@ -357,6 +412,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		if s.cfg.TLS != nil && s.cfg.RecheckInterval > 0 {
 			go s.recheckLoop(storageCtx, s.cfg.RecheckInterval)
 		}
+		go s.flushLogs(storageCtx)
 		s.manageStorage(storageCtx)
 	}()
 	defer func() {
@@ -458,21 +514,23 @@ func (s *Server) Sources(ctx context.Context) ([]store.Source, error) {
 // Stream implements pb.CaptureServer: one source's stream.
 func (s *Server) Stream(stream pb.Capture_StreamServer) error {
 	ctx := stream.Context()
-	remote := "unknown"
-	if p, ok := peer.FromContext(ctx); ok {
-		remote = p.Addr.String()
-	}
-	log := s.log.With("peer", remote)
-
-	hello, err := s.recvHello(stream)
+	st, err := s.adm.Stream(ctx)
 	if err != nil {
+		s.preLog.Warn("refused a stream before Hello", "err", err)
+		return refuse(stream, &pb.Refusal{Reason: pb.Refusal_REASON_RESOURCE_LIMIT, Message: err.Error() + "; try again shortly"})
+	}
+	defer st.Done()
+	remote := st.Peer
+	if st.Proxy {
+		remote = st.Addr + " via " + st.Peer
+	}
+	log := s.preLog.With("peer", remote)
+
+	hello, who, ref, err := s.admitStream(stream, st)
+	if err != nil {
+		st.EndedBeforeHello()
 		log.Warn("stream ended before Hello", "err", err)
 		return err
-	}
-	ref := checkHello(hello)
-	var who principal
-	if ref == nil {
-		who, ref = s.authenticate(ctx, hello, remote)
 	}
 	var sess *session
 	if ref == nil {
@@ -480,17 +538,17 @@ func (s *Server) Stream(stream pb.Capture_StreamServer) error {
 	}
 	if ref != nil {
 		log.Warn("refused source", "source", hello.GetSourceName(), "uuid", hello.GetSourceUuid(), "reason", ref.Reason, "err", ref.Message)
-		stream.Send(&pb.CollectorMessage{Msg: &pb.CollectorMessage_Refusal{Refusal: ref}})
-		return status.Error(refusalCode(ref.Reason), ref.Message)
+		return refuse(stream, ref)
 	}
 	defer s.release(sess)
-	log = log.With("source", sess.name, "uuid", sess.uuid, "session", sess.id)
+	log = s.log.With("peer", remote, "source", sess.name, "uuid", sess.uuid, "session", sess.id)
 	sess.log = log
 	sess.planGap(sess.stored)
 	log.Info("agent connected", "as", who.display,
 		"hostname", hello.Hostname, "os", hello.Os, "arch", hello.Arch,
 		"interface", hello.Interface, "link_type", hello.LinkType, "snaplen", hello.Snaplen,
-		"filter", hello.Filter, "agent_version", hello.AgentVersion, "resume_after", sess.lastSeq)
+		"filter", hello.Filter, "agent_version", hello.AgentVersion, "resume_after", sess.lastSeq,
+		"credentials_in_headers", hasHeaderCredentials(ctx))
 	if at := hello.AgentTimeUnixNano; at != 0 {
 		if skew := time.Duration(at - time.Now().UnixNano()); skew > clockWarnSkew || skew < -clockWarnSkew {
 			log.Warn("the agent's clock differs from the collector's; packet times come from the agent's clock",
@@ -513,7 +571,7 @@ func (s *Server) Stream(stream pb.Capture_StreamServer) error {
 		log.Error("closing capture file failed", "err", cerr)
 		err = errors.Join(err, cerr)
 	}
-	st, _ := status.FromError(err)
+	code := status.Code(err)
 	switch {
 	case err == nil:
 		sess.endedUnclean(err)
@@ -521,7 +579,7 @@ func (s *Server) Stream(stream pb.Capture_StreamServer) error {
 	case sess.endedUnclean(err):
 		log.Warn("stream ended without the agent's clean end; if the agent was killed or crashed, what it captured and had not spooled is lost, and a gap is recorded when it starts again",
 			append(sess.summaryAttrs(), "reason", err)...)
-	case st.Code() == codes.Unavailable || st.Code() == codes.Canceled:
+	case code == codes.Unavailable || code == codes.Canceled:
 		log.Info("stream ended", append(sess.summaryAttrs(), "reason", err)...)
 	default:
 		log.Warn("stream ended with an error", append(sess.summaryAttrs(), "err", err)...)
@@ -529,8 +587,100 @@ func (s *Server) Stream(stream pb.Capture_StreamServer) error {
 	return err
 }
 
-// recvHello waits at most HelloTimeout for the stream's first message.
-func (s *Server) recvHello(stream pb.Capture_StreamServer) (*pb.Hello, error) {
+// admitStream authenticates a stream and reads its Hello. An agent that
+// sends its credentials in the request headers is authenticated before
+// its Hello is read, so the collector buffers a first message of the
+// declared size (up to --max-message-size) only for authenticated
+// clients; a Hello without that goes through one of a few places. The
+// credentials in the Hello are checked as before, unless they are the
+// ones already checked. A refusal comes back as ref, with the Hello if
+// one was read; err means the stream ended without a Hello.
+func (s *Server) admitStream(stream pb.Capture_StreamServer, st *admission.Stream) (hello *pb.Hello, who principal, ref *pb.Refusal, err error) {
+	ctx := stream.Context()
+	var early *pb.Credentials
+	if s.cfg.TLS != nil {
+		early, ref = metadataCredentials(ctx)
+		switch {
+		case ref != nil:
+		case early != nil || hasClientCert(ctx):
+			who, ref = s.authenticate(ctx, &pb.Hello{Credentials: early}, st)
+			if ref == nil {
+				ref = s.connAuthenticated(st)
+			}
+		default:
+			done, err := st.LegacyHello()
+			if err != nil {
+				ref = &pb.Refusal{Reason: pb.Refusal_REASON_RESOURCE_LIMIT, Message: "too many streams without credentials in their headers " +
+					"are sending Hello; try again shortly, or upgrade the agent (it then sends its credentials in the headers)"}
+				break
+			}
+			defer done()
+		}
+		if ref != nil {
+			return &pb.Hello{}, who, ref, nil
+		}
+	}
+	hello, err = s.recvHello(stream, s.cfg.HelloTimeout)
+	if err != nil {
+		return nil, who, nil, err
+	}
+	if ref = checkHello(hello); ref != nil {
+		return hello, who, ref, nil
+	}
+	if early == nil && !hasClientCert(ctx) || !proto.Equal(early, hello.GetCredentials()) {
+		if who, ref = s.authenticate(ctx, hello, st); ref != nil {
+			return hello, who, ref, nil
+		}
+	}
+	return hello, who, s.connAuthenticated(st), nil
+}
+
+// connAuthenticated moves the stream's connection to the authenticated
+// budget, or refuses the stream when that is full.
+func (s *Server) connAuthenticated(st *admission.Stream) *pb.Refusal {
+	if err := st.Authenticated(); err != nil {
+		return &pb.Refusal{Reason: pb.Refusal_REASON_RESOURCE_LIMIT, Message: err.Error() + "; try again later"}
+	}
+	return nil
+}
+
+// tap runs when a stream's headers arrive, before the stream exists: a
+// stream that admission would refuse at once is reset there, so its
+// client's first message is never buffered. It must not block.
+func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if s.cfg.TLS == nil {
+		return ctx, nil
+	}
+	creds := len(info.Header.Get(auth.MetadataToken)) > 0 || len(info.Header.Get(auth.MetadataUser)) > 0 || hasClientCert(ctx)
+	if s.adm.Busy(creds) {
+		return nil, status.Error(codes.ResourceExhausted, "collector busy with unauthenticated streams; try again shortly")
+	}
+	return ctx, nil
+}
+
+// refuse sends ref and returns the stream's status.
+func refuse(stream pb.Capture_StreamServer, ref *pb.Refusal) error {
+	stream.Send(&pb.CollectorMessage{Msg: &pb.CollectorMessage_Refusal{Refusal: ref}})
+	return status.Error(refusalCode(ref.Reason), ref.Message)
+}
+
+// flushLogs writes the counts of suppressed log lines until ctx ends.
+func (s *Server) flushLogs(ctx context.Context) {
+	t := time.NewTicker(logInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.preLogger.Flush(context.Background())
+			return
+		case <-t.C:
+			s.preLogger.Flush(ctx)
+		}
+	}
+}
+
+// recvHello waits at most timeout for the stream's first message.
+func (s *Server) recvHello(stream pb.Capture_StreamServer, timeout time.Duration) (*pb.Hello, error) {
 	type result struct {
 		m   *pb.AgentMessage
 		err error
@@ -543,8 +693,8 @@ func (s *Server) recvHello(stream pb.Capture_StreamServer) (*pb.Hello, error) {
 	var res result
 	select {
 	case res = <-ch:
-	case <-time.After(s.cfg.HelloTimeout):
-		return nil, status.Errorf(codes.DeadlineExceeded, "no Hello within %v", s.cfg.HelloTimeout)
+	case <-time.After(timeout):
+		return nil, status.Errorf(codes.DeadlineExceeded, "no Hello within %v", timeout)
 	}
 	if res.err != nil {
 		return nil, res.err
