@@ -117,8 +117,10 @@ func TestHeaderCredentials(t *testing.T) {
 		{"hello another valid token", tokenMD(good), &pb.Credentials{Token: other}, pb.Refusal_REASON_UNSPECIFIED},
 		{"oversized header", tokenMD(strings.Repeat("x", 200)), &pb.Credentials{Token: good}, pb.Refusal_REASON_INVALID_HELLO},
 	}
-	for _, tt := range tests {
-		got, err := helloMD(context.Background(), conn, tt.md, withCreds("hdr", tt.creds))
+	for i, tt := range tests {
+		// A source of its own per case: sources belong to the credential
+		// that made them.
+		got, err := helloMD(context.Background(), conn, tt.md, withCreds(fmt.Sprintf("hdr%d", i), tt.creds))
 		if err != nil || got != tt.want {
 			t.Errorf("%s: %v %v, want %v", tt.name, got, err, tt.want)
 		}
