@@ -18,6 +18,7 @@ import (
 	"github.com/tapstream/tapstream/internal/bytesize"
 	"github.com/tapstream/tapstream/internal/collector"
 	"github.com/tapstream/tapstream/internal/pcapfile"
+	"github.com/tapstream/tapstream/internal/termsafe"
 )
 
 type collectorFlags struct {
@@ -233,9 +234,9 @@ func parseMinFree(s string) (collector.MinFree, error) {
 // printPin tells the operator how agents trust this collector.
 func printPin(w io.Writer, id *auth.Identity, data, port string) {
 	fmt.Fprintf(w, "\ncollector identity: %s\n", id.Pin())
-	fmt.Fprintf(w, "  (CA certificate: %s)\n", id.CAFile)
+	fmt.Fprintf(w, "  (CA certificate: %s)\n", termsafe.String(id.CAFile))
 	fmt.Fprintf(w, "agents connect with:\n")
 	fmt.Fprintf(w, "  tapstream agent --connect <this host>:%s --pin %s \\\n", port, id.Pin())
 	fmt.Fprintf(w, "      --token <token> --source eth0\n")
-	fmt.Fprintf(w, "make a token with:\n  tapstream token create --data %s --role agent\n\n", data)
+	fmt.Fprintf(w, "make a token with:\n  tapstream token create --data %s --role agent\n\n", termsafe.String(data))
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/tapstream/tapstream/internal/bytesize"
 	"github.com/tapstream/tapstream/internal/store"
+	"github.com/tapstream/tapstream/internal/termsafe"
 )
 
 // openCatalog opens the state database of a data directory a collector
@@ -62,9 +64,9 @@ func selectSources(ctx context.Context, st *store.Store, want []string) (map[str
 		if !found {
 			names := make([]string, 0, len(all))
 			for _, s := range all {
-				names = append(names, s.Name)
+				names = append(names, termsafe.String(s.Name))
 			}
-			return nil, usagef("no source %q in the catalog (sources: %s)", w, strings.Join(names, ", "))
+			return nil, usagef("no source %s in the catalog (sources: %s)", strconv.Quote(w), strings.Join(names, ", "))
 		}
 	}
 	if len(want) == 0 {
@@ -130,8 +132,8 @@ shown with --all).`,
 				if (from != "" || to != "") && !overlaps(f, lo, hi) {
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", src.Name, f.State, fmtTime(f.FirstTS), fmtTime(f.LastTS),
-					f.Packets, bytesize.Size(f.Size).Human(), f.Path)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", termsafe.String(src.Name), termsafe.String(string(f.State)), fmtTime(f.FirstTS), fmtTime(f.LastTS),
+					f.Packets, bytesize.Size(f.Size).Human(), termsafe.String(f.Path))
 				n++
 				packets += f.Packets
 				size += f.Size
@@ -176,9 +178,9 @@ its totals of packets stored and packets lost (kernel, interface, agent).`,
 				if s.StateDetail != "" {
 					state += " (" + s.StateDetail + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\n", s.Name, s.Hostname, state,
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\n", termsafe.String(s.Name), termsafe.String(s.Hostname), termsafe.String(state),
 					s.LastSeen.UTC().Format(time.RFC3339), s.Packets, bytesize.Size(s.Bytes).Human(),
-					s.KernelDrops, s.InterfaceDrops, s.AgentDrops, s.UUID)
+					s.KernelDrops, s.InterfaceDrops, s.AgentDrops, termsafe.String(s.UUID))
 			}
 			return tw.Flush()
 		},

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tapstream/tapstream/internal/capture"
+	"github.com/tapstream/tapstream/internal/termsafe"
 )
 
 // Exit codes.
@@ -132,7 +133,7 @@ file given with --config (TAPSTREAM_CONFIG):
 	if err == nil {
 		return ExitOK
 	}
-	fmt.Fprintf(stderr, "tapstream: %v\n", err)
+	printError(stderr, err)
 	var ue usageError
 	var fe *capture.FilterError
 	var ie *capture.UnknownInterfaceError
@@ -141,6 +142,20 @@ file given with --config (TAPSTREAM_CONFIG):
 		return ExitUsage
 	}
 	return ExitFailure
+}
+
+// printError prints err on one line per line of its message (errors.Join
+// makes several), each line escaped, so that a name from an agent or a
+// file cannot add lines or escape sequences of its own.
+func printError(w io.Writer, err error) {
+	lines := strings.Split(err.Error(), "\n")
+	for i, l := range lines {
+		prefix := "tapstream: "
+		if i > 0 {
+			prefix = "  "
+		}
+		fmt.Fprintf(w, "%s%s\n", prefix, termsafe.String(l))
+	}
 }
 
 // isCobraUsage recognises cobra's own argument errors.

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 
 	"github.com/tapstream/tapstream/internal/auth"
 	"github.com/tapstream/tapstream/internal/store"
+	"github.com/tapstream/tapstream/internal/termsafe"
 )
 
 func newTokenCmd(g *globals) *cobra.Command {
@@ -60,7 +62,7 @@ so scripts can take it with: tapstream token create ... | tail -1 | awk '{print 
 			if err := st.AddToken(cmd.Context(), t); err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "created token %s: name %s, role %s, expires %s\n", id, name, r, exp)
+			fmt.Fprintf(g.stdout, "created token %s: name %s, role %s, expires %s\n", id, termsafe.String(name), r, exp)
 			fmt.Fprintf(g.stdout, "this is the only time the token is shown:\n%s\n", tok)
 			return nil
 		},
@@ -93,7 +95,7 @@ so scripts can take it with: tapstream token create ... | tail -1 | awk '{print 
 				case !t.ExpiresAt.IsZero() && time.Now().After(t.ExpiresAt):
 					state = "expired"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Role, day(t.CreatedAt), orNever(t.ExpiresAt), state, orNever(t.LastUsed))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", termsafe.String(t.ID), termsafe.String(t.Name), termsafe.String(t.Role), day(t.CreatedAt), orNever(t.ExpiresAt), state, orNever(t.LastUsed))
 			}
 			return tw.Flush()
 		},
@@ -114,7 +116,7 @@ so scripts can take it with: tapstream token create ... | tail -1 | awk '{print 
 				return err
 			}
 			if n == 0 {
-				return fmt.Errorf("no active token with id or name %q (see tapstream token list)", args[0])
+				return fmt.Errorf("no active token with id or name %s (see tapstream token list)", strconv.Quote(args[0]))
 			}
 			fmt.Fprintf(g.stdout, "revoked %d token(s)\n", n)
 			return nil
