@@ -43,8 +43,11 @@ type globals struct {
 	logLevel  string
 	logFormat string
 	config    string
-	stdout    io.Writer
-	stderr    io.Writer
+	// onCommandLine holds the flags given on the command line itself (not
+	// from the environment or a config file), for warnings about secrets.
+	onCommandLine map[string]bool
+	stdout        io.Writer
+	stderr        io.Writer
 }
 
 func (g *globals) logger() (*slog.Logger, error) {
@@ -98,6 +101,8 @@ file given with --config (TAPSTREAM_CONFIG):
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			g.onCommandLine = map[string]bool{}
+			cmd.Flags().Visit(func(f *pflag.Flag) { g.onCommandLine[f.Name] = true })
 			if err := applyEnv(cmd.Flags()); err != nil {
 				return err
 			}
