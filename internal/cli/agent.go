@@ -260,11 +260,13 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 	return a.Run(ctx)
 }
 
-// defaultSpoolDir is /var/lib/tapstream/spool for root, else under the
-// user's state directory.
+// defaultSpoolDir is /var/lib/tapstream-agent/spool for root (outside
+// the collector's data directory, /var/lib/tapstream, so that an agent and
+// a collector on one host never share a directory), else under the user's
+// state directory.
 func defaultSpoolDir() string {
 	if os.Geteuid() == 0 {
-		return "/var/lib/tapstream/spool"
+		return "/var/lib/tapstream-agent/spool"
 	}
 	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
 		return filepath.Join(d, "tapstream", "spool")

@@ -123,7 +123,7 @@ compile.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+	fl.StringVar(&data, "data", defaultDataDir(), "the collector's data directory")
 	fl.StringArrayVar(&sources, "source", nil, "source to extract, by name or UUID (repeatable; default all)")
 	fl.StringVar(&from, "from", "", "start of the window (inclusive)")
 	fl.StringVar(&to, "to", "now", "end of the window (inclusive)")

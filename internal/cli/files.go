@@ -21,13 +21,18 @@ import (
 )
 
 // openCatalog opens the state database of a data directory a collector
-// has used: unlike openStore, it does not make an empty one.
+// has used, to read it: unlike openStore, it does not make an empty one,
+// and it does not ask that the running user own the directory, so that
+// analysts may read a collector's catalog (what they print is escaped).
 func openCatalog(data string) (*store.Store, error) {
 	path := filepath.Join(data, "tapstream.db")
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil, usagef("no catalog at %s: is %s the collector's --data directory?", path, data)
 	}
-	return openStore(data)
+	if err := mustBeDir(data); err != nil {
+		return nil, err
+	}
+	return store.Open(path, store.Options{})
 }
 
 // loadCatalog reads the sources asked for (all when none) and the catalog
@@ -144,7 +149,7 @@ shown with --all).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+	fl.StringVar(&data, "data", defaultDataDir(), "the collector's data directory")
 	fl.StringArrayVar(&sources, "source", nil, "only this source, by name or UUID (repeatable)")
 	fl.StringVar(&from, "from", "", "only files with packets at or after this time (RFC 3339, -15m, ...)")
 	fl.StringVar(&to, "to", "", "only files with packets at or before this time")
@@ -185,6 +190,6 @@ its totals of packets stored and packets lost (kernel, interface, agent).`,
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+	cmd.Flags().StringVar(&data, "data", defaultDataDir(), "the collector's data directory")
 	return cmd
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -22,7 +23,7 @@ func newTokenCmd(g *globals) *cobra.Command {
 the dashboard (viewer, admin). Tokens are stored hashed in DATA/tapstream.db;
 the token itself is shown once, when it is created.`,
 	}
-	cmd.PersistentFlags().StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+	cmd.PersistentFlags().StringVar(&data, "data", defaultDataDir(), "the collector's data directory")
 
 	var role, name, expires string
 	create := &cobra.Command{
@@ -135,10 +136,11 @@ func orNever(t time.Time) string {
 	return day(t)
 }
 
-// openStore opens the state database of a data directory that exists.
+// openStore opens the state database of a data directory that exists and
+// can be trusted (trustDataDir), to change credentials.
 func openStore(data string) (*store.Store, error) {
-	if err := mustBeDir(data); err != nil {
+	if err := trustDataDir(data); err != nil {
 		return nil, err
 	}
-	return store.Open(data+"/tapstream.db", store.Options{})
+	return store.Open(filepath.Join(data, "tapstream.db"), store.Options{})
 }

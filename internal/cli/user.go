@@ -24,7 +24,7 @@ func newUserCmd(g *globals) *cobra.Command {
 		Use:   "user",
 		Short: "Add, list and disable users (user name and password logins)",
 	}
-	cmd.PersistentFlags().StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+	cmd.PersistentFlags().StringVar(&data, "data", defaultDataDir(), "the collector's data directory")
 
 	var role string
 	var passwordStdin bool
