@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/tapstream/tapstream/internal/pcapfile"
 	"github.com/tapstream/tapstream/internal/store"
 )
 
@@ -96,21 +97,11 @@ func (s *Server) reconcile(ctx context.Context) error {
 			s.log.Warn("capture file in the data directory is not in the catalog and not in a known source's directory; left alone", "file", rel)
 			return nil
 		}
-		hdrLen, err := fileHeaderLen(path)
-		if err != nil {
-			s.log.Warn("capture file not in the catalog is unreadable; left alone", "file", rel, "err", err)
-			return nil
+		ok, err = s.adopt(ctx, uuid, rel, path)
+		if ok {
+			adopted++
 		}
-		id, err := s.store.NewFile(ctx, store.File{SourceUUID: uuid, Path: rel, Size: hdrLen})
-		if err != nil {
-			return err
-		}
-		if err := s.rescanFile(ctx, store.File{ID: id, Path: rel}, path, hdrLen, store.FileClosed); err != nil {
-			return err
-		}
-		s.log.Warn("capture file was not in the catalog; added it", "file", rel)
-		adopted++
-		return nil
+		return err
 	})
 	if err != nil {
 		return err
@@ -119,4 +110,37 @@ func (s *Server) reconcile(ctx context.Context) error {
 		s.log.Warn("catalog reconciled with the disk", "missing", missing, "changed", changed, "adopted", adopted)
 	}
 	return nil
+}
+
+// adopt adds to the catalog a capture file found in a known source's
+// directory that the catalog lacks, when it reads whole. tapstream did not
+// write it (or has no record of doing so), so it is never changed: a file
+// with a torn end, or with a record the collector would not have written
+// (longer than the largest snaplen), is reported and left alone.
+func (s *Server) adopt(ctx context.Context, uuid, rel, path string) (bool, error) {
+	hdrLen, err := fileHeaderLen(path)
+	if err != nil {
+		s.log.Warn("capture file not in the catalog is unreadable; left alone", "file", rel, "err", err)
+		return false, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		s.log.Warn("capture file not in the catalog is unreadable; left alone", "file", rel, "err", err)
+		return false, nil
+	}
+	n, sum := pcapfile.ScanTail(pcapfile.FormatOf(path), b[hdrLen:], 0)
+	if end := hdrLen + int64(n); end < int64(len(b)) {
+		s.log.Warn("capture file not in the catalog does not read whole (a torn end, or a record longer than any snaplen); left alone, unchanged and not catalogued",
+			"file", rel, "size", len(b), "whole_bytes", end, "packets_before_it", sum.Packets)
+		return false, nil
+	}
+	id, err := s.store.NewFile(ctx, store.File{SourceUUID: uuid, Path: rel, Size: hdrLen})
+	if err != nil {
+		return false, err
+	}
+	if err := s.store.SetFileContents(ctx, id, store.FileClosed, int64(len(b)), uint64(sum.Packets), uint64(sum.CapturedBytes), sum.First, sum.Last); err != nil {
+		return false, err
+	}
+	s.log.Warn("capture file was not in the catalog; added it", "file", rel, "packets", sum.Packets)
+	return true, nil
 }
