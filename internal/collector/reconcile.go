@@ -32,12 +32,13 @@ func (s *Server) reconcile(ctx context.Context) error {
 	for _, f := range files {
 		known[f.Path] = true
 		path := filepath.Join(s.cfg.DataDir, f.Path)
-		st, err := os.Stat(path)
+		st, err := s.statCaptureFile(f.Path) // beneath DATA/pcap only
 		switch {
 		case f.State == store.FileDeleted:
 			if err == nil {
-				if err := os.Remove(path); err != nil {
-					return err
+				if err := s.removeCaptureFile(f.Path); err != nil {
+					s.log.Error("cannot finish deleting a file retention had begun to delete; left alone", "file", f.Path, "err", err)
+					continue
 				}
 				s.log.Info("finished deleting a file retention had begun to delete", "file", f.Path)
 			}
@@ -51,7 +52,8 @@ func (s *Server) reconcile(ctx context.Context) error {
 				missing++
 			}
 		case err != nil:
-			return err
+			s.log.Error("capture file cannot be reached beneath the data directory (a symbolic link on its path?); left alone", "file", f.Path, "err", err)
+			continue
 		case f.State == store.FileMissing || st.Size() != f.Size:
 			hdrLen, err := fileHeaderLen(path)
 			if err != nil {

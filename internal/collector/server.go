@@ -151,8 +151,9 @@ func (c *Config) Validate() error {
 type Server struct {
 	pb.UnimplementedCaptureServer
 	cfg     Config
-	log     *slog.Logger
-	pcapDir string
+	log      *slog.Logger
+	pcapDir  string
+	pcapRoot *os.Root // DATA/pcap: files are made and deleted only beneath it
 
 	store    *store.Store
 	failures failureLimiter
@@ -188,14 +189,20 @@ func New(cfg Config) (*Server, error) {
 	if err := checkWritable(pcapDir); err != nil {
 		return nil, err
 	}
+	pcapRoot, err := os.OpenRoot(pcapDir)
+	if err != nil {
+		return nil, fmt.Errorf("open data directory: %w", err)
+	}
 	st, err := store.Open(filepath.Join(cfg.DataDir, "tapstream.db"), store.Options{Sync: cfg.Fsync})
 	if err != nil {
+		pcapRoot.Close()
 		return nil, err
 	}
 	s := &Server{
 		cfg:      cfg,
 		log:      cfg.Logger,
 		pcapDir:  pcapDir,
+		pcapRoot: pcapRoot,
 		store:    st,
 		live:     map[uuid.UUID]*session{},
 		shutdown: make(chan struct{}),
@@ -204,10 +211,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if err := s.recoverFiles(context.Background()); err != nil {
 		st.Close()
+		pcapRoot.Close()
 		return nil, err
 	}
 	if err := s.reconcile(context.Background()); err != nil {
 		st.Close()
+		pcapRoot.Close()
 		return nil, err
 	}
 	return s, nil
@@ -216,6 +225,7 @@ func New(cfg Config) (*Server, error) {
 // Close closes the state database. Call it after Serve has returned.
 func (s *Server) Close() error {
 	s.lateCloses.Wait()
+	s.pcapRoot.Close()
 	return s.store.Close()
 }
 
@@ -501,11 +511,12 @@ func (s *Server) admit(h *pb.Hello, remote string) (*session, *pb.Refusal) {
 	}
 	// Create the directory now, well before a file in it closes: Arkime's
 	// monitor misses files closed right after their directory appears.
-	var dirCreated time.Time
-	if _, err := os.Stat(dir); err != nil {
-		dirCreated = time.Now()
+	dirCreated, err := s.makeSourceDir(name)
+	if errors.Is(err, errNotPlainDir) {
+		s.log.Error("refused a source: its directory is not a plain directory; nothing is written outside DATA/pcap", "source", name, "err", err)
+		return refuse(pb.Refusal_REASON_STORAGE_UNAVAILABLE, "collector cannot store this source: its directory on the collector is not a plain directory (see the collector's log)")
 	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err != nil {
 		s.log.Error("cannot create source directory", "dir", dir, "err", err)
 		return refuse(pb.Refusal_REASON_STORAGE_UNAVAILABLE, "collector cannot create the source's directory")
 	}
