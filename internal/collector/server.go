@@ -150,7 +150,7 @@ func (c *Config) Validate() error {
 // Server is the collector's gRPC service.
 type Server struct {
 	pb.UnimplementedCaptureServer
-	cfg     Config
+	cfg      Config
 	log      *slog.Logger
 	pcapDir  string
 	pcapRoot *os.Root // DATA/pcap: files are made and deleted only beneath it
