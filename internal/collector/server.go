@@ -150,9 +150,10 @@ func (c *Config) Validate() error {
 // Server is the collector's gRPC service.
 type Server struct {
 	pb.UnimplementedCaptureServer
-	cfg      Config
-	log      *slog.Logger
-	pcapDir  string
+	cfg     Config
+	log     *slog.Logger
+	pcapDir string
+
 	pcapRoot *os.Root // DATA/pcap: files are made and deleted only beneath it
 
 	store    *store.Store
