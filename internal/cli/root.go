@@ -79,8 +79,8 @@ Zeek and Suricata read.
 Start a collector (it prints its pin), make a token, point agents at it:
 
   tapstream collector --data ./tapstream-data
-  tapstream token create --data ./tapstream-data --role agent
-  tapstream agent --connect collector:7447 --pin sha256:... --token tst_... \
+  tapstream token create --data ./tapstream-data --role agent   # save the token in a file, mode 600
+  tapstream agent --connect collector:7447 --pin sha256:... --token-file token \
       --source eth0 --filter 'tcp port 443'
 
 Find and cut what was stored:
