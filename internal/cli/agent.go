@@ -3,8 +3,10 @@ package cli
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -176,6 +178,7 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 		if err != nil {
 			return usagef("--token-file: %v", err)
 		}
+		warnIfShared(log, "--token-file", f.tokenFile)
 		f.token = strings.TrimSpace(string(b))
 		if f.token == "" {
 			return usagef("--token-file %s is empty", f.tokenFile)
@@ -186,6 +189,7 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 		if err != nil {
 			return usagef("--password-file: %v", err)
 		}
+		warnIfShared(log, "--password-file", f.passwordFile)
 		f.password = strings.TrimRight(string(b), "\r\n")
 	}
 	hostname, _ := os.Hostname()
@@ -258,6 +262,17 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 		log.Info("stopping: sending what was captured and waiting for the collector's ack (interrupt again to quit at once)")
 	})()
 	return a.Run(ctx)
+}
+
+// warnIfShared warns when a file holding a secret is readable by group or
+// others (on systems with Unix permissions).
+func warnIfShared(log *slog.Logger, flag, path string) {
+	fi, err := os.Stat(path)
+	if err != nil || runtime.GOOS == "windows" || fi.Mode().Perm()&0o077 == 0 {
+		return
+	}
+	log.Warn("the file holding a secret is readable by group or others; make it private with: chmod 600 "+path,
+		"flag", flag, "file", path, "mode", fmt.Sprintf("%04o", uint32(fi.Mode().Perm())))
 }
 
 // defaultSpoolDir is /var/lib/tapstream-agent/spool for root (outside

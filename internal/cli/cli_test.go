@@ -112,3 +112,17 @@ func TestTokenFile(t *testing.T) {
 		})
 	}
 }
+
+// TestSharedTokenFileWarns: a token file others may read is a token they
+// may use; the agent says so and how to fix it.
+func TestSharedTokenFileWarns(t *testing.T) {
+	tokenFile := t.TempDir() + "/token"
+	if err := os.WriteFile(tokenFile, []byte("tst_x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(tokenFile, 0o644)
+	_, out := run("agent", "--connect", "127.0.0.1:1", "--source", "lo", "--token-file", tokenFile) // no --pin: stops at validation
+	if !strings.Contains(out, "chmod 600 "+tokenFile) {
+		t.Errorf("no warning about a world-readable token file:\n%s", out)
+	}
+}
