@@ -34,11 +34,11 @@ pin=$($bin pin --data "$data")
 echo "    pin: $pin"
 
 echo "==> token: $bin token create --data $data --role agent --name demo"
-token=$($bin token create --data "$data" --role agent --name demo | tail -1 | awk '{print $NF}')
-echo "    token: ${token:0:20}..."
+(umask 077; $bin token create --data "$data" --role agent --name demo | tail -1 | awk '{print $NF}' >"$data/agent.token")
+echo "    token: $(head -c 20 "$data/agent.token")... (in $data/agent.token)"
 
-echo "==> agent: $bin agent --connect 127.0.0.1:$port --pin $pin --token <token> --source lo:name=demo --filter 'udp port $udp' --duration 4s"
-$bin agent --connect 127.0.0.1:$port --pin "$pin" --token "$token" --source lo:name=demo --filter "udp port $udp" --duration 4s \
+echo "==> agent: $bin agent --connect 127.0.0.1:$port --pin $pin --token-file $data/agent.token --source lo:name=demo --filter 'udp port $udp' --duration 4s"
+$bin agent --connect 127.0.0.1:$port --pin "$pin" --token-file "$data/agent.token" --source lo:name=demo --filter "udp port $udp" --duration 4s \
   --spool-dir "$data/spool" 2>"$log/agent.log" &
 agent_pid=$!
 for _ in $(seq 50); do grep -q "msg=streaming" "$log/agent.log" && break; sleep 0.1; done

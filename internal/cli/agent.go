@@ -3,8 +3,10 @@ package cli
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -46,6 +48,7 @@ type agentFlags struct {
 	certFile     string
 	keyFile      string
 	token        string
+	tokenFile    string
 	user         string
 	password     string
 	passwordFile string
@@ -93,9 +96,9 @@ Every batch stays with the agent until the collector acks it: in memory
 restart. An agent killed and started again with the same sources and spool
 sends what it had not delivered. Only when both are full are packets
 dropped, and then they are counted and reported to the collector.`,
-		Example: `  tapstream agent --connect collector:7447 --pin sha256:3b1f... --token tst_... --source eth0 --filter 'tcp port 443'
+		Example: `  tapstream agent --connect collector:7447 --pin sha256:3b1f... --token-file /etc/tapstream/token --source eth0 --filter 'tcp port 443'
   tapstream agent --connect collector:7447 --ca collector-ca.crt --user sensor --password-file pw --source eth0:name=web1 --count 10000
-  tapstream agent --connect proxy.example:443 --endpoint /tapstream --pin sha256:... --token tst_... --source eth0
+  tapstream agent --connect proxy.example:443 --endpoint /tapstream --pin sha256:... --token-file token --source eth0
   tapstream agent --insecure --connect 127.0.0.1:7447 --source file:trace.pcap --replay-speed 1`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd, g, f) },
@@ -125,8 +128,9 @@ dropped, and then they are counted and reported to the collector.`,
 	fl.BoolVar(&f.insecure, "insecure", false, "plaintext and no authentication (the collector must run with --insecure too)")
 	fl.StringVar(&f.pin, "pin", "", "trust the collector whose certificate chain holds this pin (sha256:..., printed by the collector)")
 	fl.StringVar(&f.caFile, "ca", "", "trust collectors whose certificate is signed by a CA in this PEM file")
-	fl.StringVar(&f.token, "token", "", "API token with role agent (tapstream token create --role agent on the collector)")
+	fl.StringVar(&f.token, "token", "", "API token with role agent (visible to other local users in ps: prefer --token-file or TAPSTREAM_TOKEN)")
 	fl.StringVar(&f.token, "apikey", "", "same as --token (Kismet's name)")
+	fl.StringVar(&f.tokenFile, "token-file", "", "file holding the API token (tapstream token create --role agent on the collector)")
 	fl.StringVar(&f.user, "user", "", "user name, for users made with tapstream user add")
 	fl.StringVar(&f.password, "password", "", "password of --user (visible to other local users in ps: prefer --password-file or TAPSTREAM_PASSWORD)")
 	fl.StringVar(&f.passwordFile, "password-file", "", "file holding the password of --user")
@@ -145,6 +149,16 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 	if err != nil {
 		return err
 	}
+	for _, secret := range []struct{ flag, instead string }{
+		{"token", "--token-file FILE or TAPSTREAM_TOKEN"},
+		{"apikey", "--token-file FILE or TAPSTREAM_TOKEN"},
+		{"password", "--password-file FILE or TAPSTREAM_PASSWORD"},
+	} {
+		if g.onCommandLine[secret.flag] {
+			log.Warn("a secret on the command line is visible to every local user (ps, /proc/PID/cmdline); use "+secret.instead,
+				"flag", "--"+secret.flag)
+		}
+	}
 	if f.connect == "" {
 		return usagef("--connect HOST:PORT is required")
 	}
@@ -156,11 +170,26 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 			return err
 		}
 	}
+	if f.tokenFile != "" {
+		if f.token != "" {
+			return usagef("--token-file and --token (or TAPSTREAM_TOKEN) both give a token: keep one")
+		}
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return usagef("--token-file: %v", err)
+		}
+		warnIfShared(log, "--token-file", f.tokenFile)
+		f.token = strings.TrimSpace(string(b))
+		if f.token == "" {
+			return usagef("--token-file %s is empty", f.tokenFile)
+		}
+	}
 	if f.passwordFile != "" {
 		b, err := os.ReadFile(f.passwordFile)
 		if err != nil {
 			return usagef("--password-file: %v", err)
 		}
+		warnIfShared(log, "--password-file", f.passwordFile)
 		f.password = strings.TrimRight(string(b), "\r\n")
 	}
 	hostname, _ := os.Hostname()
@@ -235,11 +264,24 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 	return a.Run(ctx)
 }
 
-// defaultSpoolDir is /var/lib/tapstream/spool for root, else under the
-// user's state directory.
+// warnIfShared warns when a file holding a secret is readable by group or
+// others (on systems with Unix permissions).
+func warnIfShared(log *slog.Logger, flag, path string) {
+	fi, err := os.Stat(path)
+	if err != nil || runtime.GOOS == "windows" || fi.Mode().Perm()&0o077 == 0 {
+		return
+	}
+	log.Warn("the file holding a secret is readable by group or others; make it private with: chmod 600 "+path,
+		"flag", flag, "file", path, "mode", fmt.Sprintf("%04o", uint32(fi.Mode().Perm())))
+}
+
+// defaultSpoolDir is /var/lib/tapstream-agent/spool for root (outside
+// the collector's data directory, /var/lib/tapstream, so that an agent and
+// a collector on one host never share a directory), else under the user's
+// state directory.
 func defaultSpoolDir() string {
 	if os.Geteuid() == 0 {
-		return "/var/lib/tapstream/spool"
+		return "/var/lib/tapstream-agent/spool"
 	}
 	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
 		return filepath.Join(d, "tapstream", "spool")

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"os"
 	"strings"
 	"testing"
 )
@@ -53,5 +54,78 @@ func TestExitCodes(t *testing.T) {
 	t.Setenv("TAPSTREAM_LOG_LEVEL", "loud")
 	if code, out := run("agent", "--insecure", "--connect", "127.0.0.1:1", "--source", "lo"); code != ExitUsage || !strings.Contains(out, "--log-level") {
 		t.Errorf("bad TAPSTREAM_LOG_LEVEL: exit %d, %q", code, out)
+	}
+}
+
+// TestSecretOnCommandLineWarns: --token and --password on the command line
+// are visible in ps, and the agent says so; from the environment or a file
+// they are not, and it does not.
+func TestSecretOnCommandLineWarns(t *testing.T) {
+	const warning = "visible to every local user"
+	tokenFile := t.TempDir() + "/token"
+	if err := os.WriteFile(tokenFile, []byte("tst_x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		env  []string
+		args []string
+		warn bool
+	}{
+		{"token flag", nil, []string{"--token", "tst_x"}, true},
+		{"apikey flag", nil, []string{"--apikey", "tst_x"}, true},
+		{"password flag", nil, []string{"--user", "u", "--password", "pw"}, true},
+		{"token env", []string{"TAPSTREAM_TOKEN", "tst_x"}, nil, false},
+		{"token file", nil, []string{"--token-file", tokenFile}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.env != nil {
+				t.Setenv(tc.env[0], tc.env[1])
+			}
+			// No --connect: the agent stops with a usage error after its checks.
+			code, out := run(append([]string{"agent"}, tc.args...)...)
+			if code != ExitUsage {
+				t.Fatalf("exit %d, want %d: %s", code, ExitUsage, out)
+			}
+			if got := strings.Contains(out, warning); got != tc.warn {
+				t.Errorf("warning shown: %v, want %v:\n%s", got, tc.warn, out)
+			}
+		})
+	}
+}
+
+func TestTokenFile(t *testing.T) {
+	dir := t.TempDir()
+	empty := dir + "/empty"
+	os.WriteFile(empty, []byte("\n"), 0o600)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"missing", []string{"--token-file", dir + "/nosuch"}, "--token-file"},
+		{"empty", []string{"--token-file", empty}, "is empty"},
+		{"both", []string{"--token-file", empty, "--token", "tst_x"}, "keep one"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out := run(append([]string{"agent", "--connect", "127.0.0.1:1", "--source", "lo"}, tc.args...)...)
+			if code != ExitUsage || !strings.Contains(out, tc.want) {
+				t.Errorf("exit %d, want %d with %q:\n%s", code, ExitUsage, tc.want, out)
+			}
+		})
+	}
+}
+
+// TestSharedTokenFileWarns: a token file others may read is a token they
+// may use; the agent says so and how to fix it.
+func TestSharedTokenFileWarns(t *testing.T) {
+	tokenFile := t.TempDir() + "/token"
+	if err := os.WriteFile(tokenFile, []byte("tst_x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(tokenFile, 0o644)
+	_, out := run("agent", "--connect", "127.0.0.1:1", "--source", "lo", "--token-file", tokenFile) // no --pin: stops at validation
+	if !strings.Contains(out, "chmod 600 "+tokenFile) {
+		t.Errorf("no warning about a world-readable token file:\n%s", out)
 	}
 }

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,7 +20,9 @@ import (
 	"github.com/tapstream/tapstream/internal/auth"
 	"github.com/tapstream/tapstream/internal/bytesize"
 	"github.com/tapstream/tapstream/internal/collector"
+	"github.com/tapstream/tapstream/internal/datadir"
 	"github.com/tapstream/tapstream/internal/pcapfile"
+	"github.com/tapstream/tapstream/internal/termsafe"
 )
 
 type collectorFlags struct {
@@ -107,7 +111,7 @@ closes every file and prints per-source counters.`, collector.DefaultPort),
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.listen, "listen", "", fmt.Sprintf("address to listen on (default 127.0.0.1:%d with --insecure)", collector.DefaultPort))
-	fl.StringVar(&f.data, "data", "./tapstream-data", "data directory: pcap files and state")
+	fl.StringVar(&f.data, "data", defaultDataDir(), "data directory: pcap files and state")
 	fl.BoolVar(&f.insecure, "insecure", false, "plaintext and no authentication (listens on loopback unless --listen says otherwise)")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "server certificate (PEM, chain allowed) instead of the generated one")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "key of --tls-cert")
@@ -157,6 +161,9 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 	proxies, err := admission.ParseTrustedProxies(f.trustedProxies)
 	if err != nil {
 		return usagef("--trusted-proxy: %v", err)
+	}
+	if err := prepareDataDir(f.data); err != nil {
+		return err
 	}
 	var tlsCfg *tls.Config
 	var id *auth.Identity
@@ -246,6 +253,28 @@ func runCollector(cmd *cobra.Command, g *globals, f *collectorFlags) error {
 	return errors.Join(err, serr)
 }
 
+// prepareDataDir makes the data directory if it is missing, refuses one
+// that another user could change (datadir.Check), and makes the database
+// file, if missing, readable by its owner and group only: SQLite would
+// give it (and its -wal and -shm files, which take its mode) whatever the
+// umask allows.
+func prepareDataDir(data string) error {
+	if err := os.MkdirAll(data, 0o750); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	if err := datadir.Check(data); err != nil {
+		return err
+	}
+	db, err := os.OpenFile(filepath.Join(data, "tapstream.db"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	switch {
+	case errors.Is(err, fs.ErrExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("create the database: %w", err)
+	}
+	return db.Close()
+}
+
 // parseMinFree reads PERCENT% or SIZE.
 func parseMinFree(s string) (collector.MinFree, error) {
 	if s == "" || s == "0" {
@@ -268,9 +297,9 @@ func parseMinFree(s string) (collector.MinFree, error) {
 // printPin tells the operator how agents trust this collector.
 func printPin(w io.Writer, id *auth.Identity, data, port string) {
 	fmt.Fprintf(w, "\ncollector identity: %s\n", id.Pin())
-	fmt.Fprintf(w, "  (CA certificate: %s)\n", id.CAFile)
+	fmt.Fprintf(w, "  (CA certificate: %s)\n", termsafe.String(id.CAFile))
 	fmt.Fprintf(w, "agents connect with:\n")
 	fmt.Fprintf(w, "  tapstream agent --connect <this host>:%s --pin %s \\\n", port, id.Pin())
-	fmt.Fprintf(w, "      --token <token> --source eth0\n")
-	fmt.Fprintf(w, "make a token with:\n  tapstream token create --data %s --role agent\n\n", data)
+	fmt.Fprintf(w, "      --token-file <file holding the token> --source eth0\n")
+	fmt.Fprintf(w, "make a token with:\n  tapstream token create --data %s --role agent\n\n", termsafe.String(data))
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/tapstream/tapstream/internal/extract"
 	"github.com/tapstream/tapstream/internal/pcapfile"
 	"github.com/tapstream/tapstream/internal/store"
+	"github.com/tapstream/tapstream/internal/termsafe"
 )
 
 func newExtractCmd(g *globals) *cobra.Command {
@@ -95,7 +97,7 @@ compile.`,
 				fmt.Fprint(g.stderr, "\r\033[K") // clear the progress line
 			}
 			for _, m := range stats.Missing {
-				fmt.Fprintf(g.stderr, "warning: %s is in the catalog but gone from disk; skipped\n", m)
+				fmt.Fprintf(g.stderr, "warning: %s is in the catalog but gone from disk; skipped\n", termsafe.String(m))
 			}
 			if file != nil {
 				if cerr := file.Close(); err == nil {
@@ -116,12 +118,12 @@ compile.`,
 				return err
 			}
 			fmt.Fprintf(g.stderr, "extracted %d packets (of %d in the window) from %d source(s) in %d file(s) to %s (%s)\n",
-				stats.Written, stats.Read, stats.Sources, stats.Files, out, f)
+				stats.Written, stats.Read, stats.Sources, stats.Files, termsafe.String(out), f)
 			return nil
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+	fl.StringVar(&data, "data", defaultDataDir(), "the collector's data directory")
 	fl.StringArrayVar(&sources, "source", nil, "source to extract, by name or UUID (repeatable; default all)")
 	fl.StringVar(&from, "from", "", "start of the window (inclusive)")
 	fl.StringVar(&to, "to", "now", "end of the window (inclusive)")
@@ -159,5 +161,5 @@ func describe(sources []string) string {
 	if len(sources) == 0 {
 		return "any source"
 	}
-	return strings.Join(sources, ", ")
+	return strings.Join(termsafe.Strings(slices.Clone(sources)), ", ")
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -17,16 +18,22 @@ import (
 
 	"github.com/tapstream/tapstream/internal/bytesize"
 	"github.com/tapstream/tapstream/internal/store"
+	"github.com/tapstream/tapstream/internal/termsafe"
 )
 
 // openCatalog opens the state database of a data directory a collector
-// has used: unlike openStore, it does not make an empty one.
+// has used, to read it: unlike openStore, it does not make an empty one,
+// and it does not ask that the running user own the directory, so that
+// analysts may read a collector's catalog (what they print is escaped).
 func openCatalog(data string) (*store.Store, error) {
 	path := filepath.Join(data, "tapstream.db")
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil, usagef("no catalog at %s: is %s the collector's --data directory?", path, data)
 	}
-	return openStore(data)
+	if err := mustBeDir(data); err != nil {
+		return nil, err
+	}
+	return store.Open(path, store.Options{})
 }
 
 // loadCatalog reads the sources asked for (all when none) and the catalog
@@ -63,9 +70,9 @@ func selectSources(ctx context.Context, st *store.Store, want []string) (map[str
 		if !found {
 			names := make([]string, 0, len(all))
 			for _, s := range all {
-				names = append(names, s.Name)
+				names = append(names, termsafe.String(s.Name))
 			}
-			return nil, usagef("no source %q in the catalog (sources: %s)", w, strings.Join(names, ", "))
+			return nil, usagef("no source %s in the catalog (sources: %s)", strconv.Quote(w), strings.Join(names, ", "))
 		}
 	}
 	if len(want) == 0 {
@@ -131,8 +138,8 @@ shown with --all).`,
 				if (from != "" || to != "") && !overlaps(f, lo, hi) {
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", src.Name, f.State, fmtTime(f.FirstTS), fmtTime(f.LastTS),
-					f.Packets, bytesize.Size(f.Size).Human(), orDash(f.Writer), f.Path)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", termsafe.String(src.Name), termsafe.String(string(f.State)), fmtTime(f.FirstTS), fmtTime(f.LastTS),
+					f.Packets, bytesize.Size(f.Size).Human(), termsafe.String(orDash(f.Writer)), termsafe.String(f.Path))
 				n++
 				packets += f.Packets
 				size += f.Size
@@ -143,7 +150,7 @@ shown with --all).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+	fl.StringVar(&data, "data", defaultDataDir(), "the collector's data directory")
 	fl.StringArrayVar(&sources, "source", nil, "only this source, by name or UUID (repeatable)")
 	fl.StringVar(&from, "from", "", "only files with packets at or after this time (RFC 3339, -15m, ...)")
 	fl.StringVar(&to, "to", "", "only files with packets at or before this time")
@@ -188,7 +195,7 @@ func printGaps(ctx context.Context, g *globals, data string, srcs map[string]sto
 		if gp.From != 0 && gp.To != 0 {
 			dur = time.Duration(gp.To - gp.From).Round(time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", srcs[gp.SourceUUID].Name, fmtTime(gp.From), fmtTime(gp.To), dur, gp.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", termsafe.String(srcs[gp.SourceUUID].Name), fmtTime(gp.From), fmtTime(gp.To), dur, termsafe.String(gp.Reason))
 	}
 	tw.Flush()
 	fmt.Fprintf(g.stderr, "%d capture gap(s): packets there were lost without being counted (the agent was killed or crashed)\n", len(shown))
@@ -235,14 +242,14 @@ owns it (tapstream sources reassign changes it).`,
 				if !s.EndedUncleanAt.IsZero() {
 					state += " (stream broke " + s.EndedUncleanAt.UTC().Format(time.RFC3339) + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", s.Name, s.Hostname, state,
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", termsafe.String(s.Name), termsafe.String(s.Hostname), termsafe.String(state),
 					s.LastSeen.UTC().Format(time.RFC3339), s.Packets, bytesize.Size(s.Bytes).Human(),
-					s.KernelDrops, s.InterfaceDrops, s.AgentDrops, gapCount[s.UUID], orDash(s.Owner), s.UUID)
+					s.KernelDrops, s.InterfaceDrops, s.AgentDrops, gapCount[s.UUID], termsafe.String(orDash(s.Owner)), termsafe.String(s.UUID))
 			}
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+	cmd.Flags().StringVar(&data, "data", defaultDataDir(), "the collector's data directory")
 	cmd.AddCommand(newSourcesReassignCmd(g))
 	return cmd
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tapstream/tapstream/internal/capture"
+	"github.com/tapstream/tapstream/internal/termsafe"
 )
 
 func newInterfacesCmd(g *globals) *cobra.Command {
@@ -26,15 +27,15 @@ Use a name from the list in an agent's --source.`,
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "#\tNAME\tDESCRIPTION\tADDRESSES\tFLAGS")
 			for i, ifc := range ifs {
-				desc := ifc.Description
+				desc := termsafe.String(ifc.Description)
 				if desc == "" {
 					desc = "-"
 				}
-				addrs := strings.Join(ifc.Addresses, ",")
+				addrs := strings.Join(termsafe.Strings(ifc.Addresses), ",")
 				if addrs == "" {
 					addrs = "-"
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", i+1, ifc.Name, desc, addrs, strings.Join(ifc.Flags, ","))
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", i+1, termsafe.String(ifc.Name), desc, addrs, strings.Join(termsafe.Strings(ifc.Flags), ","))
 			}
 			return tw.Flush()
 		},

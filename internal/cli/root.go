@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tapstream/tapstream/internal/capture"
+	"github.com/tapstream/tapstream/internal/termsafe"
 )
 
 // Exit codes.
@@ -42,8 +43,11 @@ type globals struct {
 	logLevel  string
 	logFormat string
 	config    string
-	stdout    io.Writer
-	stderr    io.Writer
+	// onCommandLine holds the flags given on the command line itself (not
+	// from the environment or a config file), for warnings about secrets.
+	onCommandLine map[string]bool
+	stdout        io.Writer
+	stderr        io.Writer
 }
 
 func (g *globals) logger() (*slog.Logger, error) {
@@ -75,8 +79,8 @@ Zeek and Suricata read.
 Start a collector (it prints its pin), make a token, point agents at it:
 
   tapstream collector --data ./tapstream-data
-  tapstream token create --data ./tapstream-data --role agent
-  tapstream agent --connect collector:7447 --pin sha256:... --token tst_... \
+  tapstream token create --data ./tapstream-data --role agent   # save the token in a file, mode 600
+  tapstream agent --connect collector:7447 --pin sha256:... --token-file token \
       --source eth0 --filter 'tcp port 443'
 
 Find and cut what was stored:
@@ -97,6 +101,8 @@ file given with --config (TAPSTREAM_CONFIG):
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			g.onCommandLine = map[string]bool{}
+			cmd.Flags().Visit(func(f *pflag.Flag) { g.onCommandLine[f.Name] = true })
 			if err := applyEnv(cmd.Flags()); err != nil {
 				return err
 			}
@@ -132,7 +138,7 @@ file given with --config (TAPSTREAM_CONFIG):
 	if err == nil {
 		return ExitOK
 	}
-	fmt.Fprintf(stderr, "tapstream: %v\n", err)
+	printError(stderr, err)
 	var ue usageError
 	var fe *capture.FilterError
 	var ie *capture.UnknownInterfaceError
@@ -141,6 +147,20 @@ file given with --config (TAPSTREAM_CONFIG):
 		return ExitUsage
 	}
 	return ExitFailure
+}
+
+// printError prints err on one line per line of its message (errors.Join
+// makes several), each line escaped, so that a name from an agent or a
+// file cannot add lines or escape sequences of its own.
+func printError(w io.Writer, err error) {
+	lines := strings.Split(err.Error(), "\n")
+	for i, l := range lines {
+		prefix := "tapstream: "
+		if i > 0 {
+			prefix = "  "
+		}
+		fmt.Fprintf(w, "%s%s\n", prefix, termsafe.String(l))
+	}
 }
 
 // isCobraUsage recognises cobra's own argument errors.

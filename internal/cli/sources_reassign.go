@@ -64,7 +64,7 @@ A live stream of the source from its old owner ends within seconds.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+	cmd.Flags().StringVar(&data, "data", defaultDataDir(), "the collector's data directory")
 	cmd.Flags().StringVar(&to, "to", "", "the new owner: token:ID, token:NAME, user:NAME, cert:SUBJECT, insecure or none")
 	return cmd
 }

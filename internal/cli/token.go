@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/tapstream/tapstream/internal/auth"
 	"github.com/tapstream/tapstream/internal/store"
+	"github.com/tapstream/tapstream/internal/termsafe"
 )
 
 func newTokenCmd(g *globals) *cobra.Command {
@@ -23,7 +26,7 @@ func newTokenCmd(g *globals) *cobra.Command {
 the dashboard (viewer, admin). Tokens are stored hashed in DATA/tapstream.db;
 the token itself is shown once, when it is created.`,
 	}
-	cmd.PersistentFlags().StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+	cmd.PersistentFlags().StringVar(&data, "data", defaultDataDir(), "the collector's data directory")
 
 	var role, name, expires string
 	var sources []string
@@ -78,7 +81,7 @@ one of its patterns (shell globs: *, ?, [a-z]), such as 'web*,db?'.`,
 			if len(sources) > 0 {
 				scope = "sources " + strings.Join(sources, ",")
 			}
-			fmt.Fprintf(g.stdout, "created token %s: name %s, role %s, %s, expires %s\n", id, name, r, scope, exp)
+			fmt.Fprintf(g.stdout, "created token %s: name %s, role %s, %s, expires %s\n", id, termsafe.String(name), r, termsafe.String(scope), exp)
 			fmt.Fprintf(g.stdout, "this is the only time the token is shown:\n%s\n", tok)
 			return nil
 		},
@@ -116,7 +119,7 @@ one of its patterns (shell globs: *, ?, [a-z]), such as 'web*,db?'.`,
 				if len(t.Sources) > 0 {
 					scope = strings.Join(t.Sources, ",")
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Role, scope, day(t.CreatedAt), orNever(t.ExpiresAt), state, orNever(t.LastUsed))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", termsafe.String(t.ID), termsafe.String(t.Name), termsafe.String(t.Role), termsafe.String(scope), day(t.CreatedAt), orNever(t.ExpiresAt), state, orNever(t.LastUsed))
 			}
 			return tw.Flush()
 		},
@@ -137,7 +140,7 @@ one of its patterns (shell globs: *, ?, [a-z]), such as 'web*,db?'.`,
 				return err
 			}
 			if n == 0 {
-				return fmt.Errorf("no active token with id or name %q (see tapstream token list)", args[0])
+				return fmt.Errorf("no active token with id or name %s (see tapstream token list)", strconv.Quote(args[0]))
 			}
 			fmt.Fprintf(g.stdout, "revoked %d token(s)\n", n)
 			return nil
@@ -156,17 +159,18 @@ func orNever(t time.Time) string {
 	return day(t)
 }
 
-// openStore opens the state database of a data directory that exists.
+// openStore opens the state database of a data directory that exists and
+// can be trusted (trustDataDir), to change credentials.
 func openStore(data string) (*store.Store, error) {
-	if err := mustBeDir(data); err != nil {
+	if err := trustDataDir(data); err != nil {
 		return nil, err
 	}
-	st, err := store.Open(data+"/tapstream.db", store.Options{})
+	st, err := store.Open(filepath.Join(data, "tapstream.db"), store.Options{})
 	if err != nil {
 		return nil, err
 	}
 	for _, r := range st.Repairs() {
-		fmt.Fprintf(os.Stderr, "warning: state database: repaired a value out of range: %s\n", r)
+		fmt.Fprintf(os.Stderr, "warning: state database: repaired a value out of range: %s\n", termsafe.String(r))
 	}
 	return st, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/tapstream/tapstream/internal/auth"
 	"github.com/tapstream/tapstream/internal/source"
 	"github.com/tapstream/tapstream/internal/store"
+	"github.com/tapstream/tapstream/internal/termsafe"
 )
 
 func newUserCmd(g *globals) *cobra.Command {
@@ -22,7 +24,7 @@ func newUserCmd(g *globals) *cobra.Command {
 		Use:   "user",
 		Short: "Add, list and disable users (user name and password logins)",
 	}
-	cmd.PersistentFlags().StringVar(&data, "data", "./tapstream-data", "the collector's data directory")
+	cmd.PersistentFlags().StringVar(&data, "data", defaultDataDir(), "the collector's data directory")
 
 	var role string
 	var passwordStdin bool
@@ -85,7 +87,7 @@ func newUserCmd(g *globals) *cobra.Command {
 				if u.Disabled {
 					state = "disabled"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", u.Name, u.Role, day(u.CreatedAt), state)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", termsafe.String(u.Name), termsafe.String(u.Role), day(u.CreatedAt), state)
 			}
 			return tw.Flush()
 		},
@@ -105,9 +107,9 @@ func newUserCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if !ok {
-				return fmt.Errorf("no active user %q", args[0])
+				return fmt.Errorf("no active user %s", strconv.Quote(args[0]))
 			}
-			fmt.Fprintf(g.stdout, "disabled user %s\n", args[0])
+			fmt.Fprintf(g.stdout, "disabled user %s\n", termsafe.String(args[0]))
 			return nil
 		},
 	}

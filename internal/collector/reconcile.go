@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/tapstream/tapstream/internal/pcapfile"
 	"github.com/tapstream/tapstream/internal/store"
 )
 
@@ -31,12 +32,13 @@ func (s *Server) reconcile(ctx context.Context) error {
 	for _, f := range files {
 		known[f.Path] = true
 		path := filepath.Join(s.cfg.DataDir, f.Path)
-		st, err := os.Stat(path)
+		st, err := s.statCaptureFile(f.Path) // beneath DATA/pcap only
 		switch {
 		case f.State == store.FileDeleted:
 			if err == nil {
-				if err := os.Remove(path); err != nil {
-					return err
+				if err := s.removeCaptureFile(f.Path); err != nil {
+					s.log.Error("cannot finish deleting a file retention had begun to delete; left alone", "file", f.Path, "err", err)
+					continue
 				}
 				s.log.Info("finished deleting a file retention had begun to delete", "file", f.Path)
 			}
@@ -50,7 +52,8 @@ func (s *Server) reconcile(ctx context.Context) error {
 				missing++
 			}
 		case err != nil:
-			return err
+			s.log.Error("capture file cannot be reached beneath the data directory (a symbolic link on its path?); left alone", "file", f.Path, "err", err)
+			continue
 		case f.State == store.FileMissing || st.Size() != f.Size:
 			hdrLen, err := fileHeaderLen(path)
 			if err != nil {
@@ -96,21 +99,11 @@ func (s *Server) reconcile(ctx context.Context) error {
 			s.log.Warn("capture file in the data directory is not in the catalog and not in a known source's directory; left alone", "file", rel)
 			return nil
 		}
-		hdrLen, err := fileHeaderLen(path)
-		if err != nil {
-			s.log.Warn("capture file not in the catalog is unreadable; left alone", "file", rel, "err", err)
-			return nil
+		ok, err = s.adopt(ctx, uuid, rel, path)
+		if ok {
+			adopted++
 		}
-		id, err := s.store.NewFile(ctx, store.File{SourceUUID: uuid, Path: rel, Size: hdrLen})
-		if err != nil {
-			return err
-		}
-		if err := s.rescanFile(ctx, store.File{ID: id, Path: rel}, path, hdrLen, store.FileClosed); err != nil {
-			return err
-		}
-		s.log.Warn("capture file was not in the catalog; added it", "file", rel)
-		adopted++
-		return nil
+		return err
 	})
 	if err != nil {
 		return err
@@ -119,4 +112,37 @@ func (s *Server) reconcile(ctx context.Context) error {
 		s.log.Warn("catalog reconciled with the disk", "missing", missing, "changed", changed, "adopted", adopted)
 	}
 	return nil
+}
+
+// adopt adds to the catalog a capture file found in a known source's
+// directory that the catalog lacks, when it reads whole. tapstream did not
+// write it (or has no record of doing so), so it is never changed: a file
+// with a torn end, or with a record the collector would not have written
+// (longer than the largest snaplen), is reported and left alone.
+func (s *Server) adopt(ctx context.Context, uuid, rel, path string) (bool, error) {
+	hdrLen, err := fileHeaderLen(path)
+	if err != nil {
+		s.log.Warn("capture file not in the catalog is unreadable; left alone", "file", rel, "err", err)
+		return false, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		s.log.Warn("capture file not in the catalog is unreadable; left alone", "file", rel, "err", err)
+		return false, nil
+	}
+	n, sum := pcapfile.ScanTail(pcapfile.FormatOf(path), b[hdrLen:], 0)
+	if end := hdrLen + int64(n); end < int64(len(b)) {
+		s.log.Warn("capture file not in the catalog does not read whole (a torn end, or a record longer than any snaplen); left alone, unchanged and not catalogued",
+			"file", rel, "size", len(b), "whole_bytes", end, "packets_before_it", sum.Packets)
+		return false, nil
+	}
+	id, err := s.store.NewFile(ctx, store.File{SourceUUID: uuid, Path: rel, Size: hdrLen})
+	if err != nil {
+		return false, err
+	}
+	if err := s.store.SetFileContents(ctx, id, store.FileClosed, int64(len(b)), uint64(sum.Packets), uint64(sum.CapturedBytes), sum.First, sum.Last); err != nil {
+		return false, err
+	}
+	s.log.Warn("capture file was not in the catalog; added it", "file", rel, "packets", sum.Packets)
+	return true, nil
 }

@@ -39,9 +39,9 @@ func (s *Server) recoverFiles(ctx context.Context) error {
 
 func (s *Server) recoverFile(ctx context.Context, f store.File) error {
 	path := filepath.Join(s.cfg.DataDir, f.Path)
-	st, err := os.Stat(path)
+	st, err := s.statCaptureFile(f.Path) // beneath DATA/pcap only
 	if errors.Is(err, os.ErrNotExist) {
-		if err := os.Remove(pcapfile.PartName(path)); err == nil {
+		if err := s.removeCaptureFile(pcapfile.PartName(f.Path)); err == nil {
 			s.log.Info("removed a capture file a crash left half made", "file", pcapfile.PartName(f.Path))
 		}
 		if f.Packets == 0 {
@@ -61,7 +61,7 @@ func (s *Server) recoverFile(ctx context.Context, f store.File) error {
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		// Created but its header never written whole: nothing to keep.
 		s.log.Warn("removing a capture file left without a header by a crash", "file", f.Path)
-		if err := os.Remove(path); err != nil {
+		if err := s.removeCaptureFile(f.Path); err != nil {
 			return err
 		}
 		return s.store.DropFile(ctx, f.ID)
@@ -70,7 +70,7 @@ func (s *Server) recoverFile(ctx context.Context, f store.File) error {
 	case size == f.Size:
 		if f.Packets == 0 {
 			s.log.Info("removing an empty capture file left by a crash", "file", f.Path)
-			if err := os.Remove(path); err != nil {
+			if err := s.removeCaptureFile(f.Path); err != nil {
 				return err
 			}
 			return s.store.DropFile(ctx, f.ID)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -277,8 +276,7 @@ func (s *Server) deleteFile(ctx context.Context, f store.File, why string) error
 	if err := s.store.MarkDeleted(ctx, f.ID); err != nil {
 		return err
 	}
-	path := filepath.Join(s.cfg.DataDir, f.Path)
-	err := os.Remove(path)
+	err := s.removeCaptureFile(f.Path) // beneath DATA/pcap only
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		s.log.Warn("retention: file was already gone", "file", f.Path)

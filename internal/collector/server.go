@@ -239,6 +239,8 @@ type Server struct {
 	log     *slog.Logger
 	pcapDir string
 
+	pcapRoot *os.Root // DATA/pcap: files are made and deleted only beneath it
+
 	store  *store.Store
 	decomp *decompressor
 	adm    *admission.Controller
@@ -279,13 +281,19 @@ func New(cfg Config) (*Server, error) {
 	if err := checkWritable(pcapDir); err != nil {
 		return nil, err
 	}
+	pcapRoot, err := os.OpenRoot(pcapDir)
+	if err != nil {
+		return nil, fmt.Errorf("open data directory: %w", err)
+	}
 	st, err := store.Open(filepath.Join(cfg.DataDir, "tapstream.db"), store.Options{Sync: cfg.Fsync})
 	if err != nil {
+		pcapRoot.Close()
 		return nil, err
 	}
 	decomp, err := newDecompressor(cfg.DecompressMemory)
 	if err != nil {
 		st.Close()
+		pcapRoot.Close()
 		return nil, err
 	}
 	for _, r := range st.Repairs() {
@@ -308,6 +316,7 @@ func New(cfg Config) (*Server, error) {
 			Logger:          slog.New(preLogger),
 		}),
 		pcapDir:  pcapDir,
+		pcapRoot: pcapRoot,
 		store:    st,
 		decomp:   decomp,
 		live:     map[uuid.UUID]*session{},
@@ -318,11 +327,13 @@ func New(cfg Config) (*Server, error) {
 	if err := s.recoverFiles(context.Background()); err != nil {
 		decomp.close()
 		st.Close()
+		pcapRoot.Close()
 		return nil, err
 	}
 	if err := s.reconcile(context.Background()); err != nil {
 		decomp.close()
 		st.Close()
+		pcapRoot.Close()
 		return nil, err
 	}
 	return s, nil
@@ -332,6 +343,7 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) Close() error {
 	s.lateCloses.Wait()
 	s.decomp.close()
+	s.pcapRoot.Close()
 	return s.store.Close()
 }
 
@@ -747,11 +759,12 @@ func (s *Server) admit(h *pb.Hello, remote string, who principal) (*session, *pb
 	}
 	// Create the directory now, well before a file in it closes: Arkime's
 	// monitor misses files closed right after their directory appears.
-	var dirCreated time.Time
-	if _, err := os.Stat(dir); err != nil {
-		dirCreated = time.Now()
+	dirCreated, err := s.makeSourceDir(name)
+	if errors.Is(err, errNotPlainDir) {
+		s.log.Error("refused a source: its directory is not a plain directory; nothing is written outside DATA/pcap", "source", name, "err", err)
+		return refuse(pb.Refusal_REASON_STORAGE_UNAVAILABLE, "collector cannot store this source: its directory on the collector is not a plain directory (see the collector's log)")
 	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err != nil {
 		s.log.Error("cannot create source directory", "dir", dir, "err", err)
 		return refuse(pb.Refusal_REASON_STORAGE_UNAVAILABLE, "collector cannot create the source's directory")
 	}

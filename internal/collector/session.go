@@ -552,12 +552,17 @@ func (s *session) create(first int64) error {
 	o := s.fileOptions()
 	hdrLen := int64(len(pcapfile.FileHeader(o)))
 	t := time.Unix(0, first).UTC()
+	dir, err := s.srv.openSourceDir(filepath.Base(s.dir))
+	if err != nil {
+		return fmt.Errorf("open the source's directory: %w", err)
+	}
+	defer dir.Close()
 	for range 1000 {
 		name := s.name + "-" + t.Format(fileTimeFormat) + o.Format.Ext()
 		path := filepath.Join(s.dir, name)
 		rel, _ := filepath.Rel(s.srv.cfg.DataDir, path)
 		t = t.Add(time.Millisecond)
-		if _, err := os.Lstat(path); err == nil {
+		if _, err := dir.Lstat(name); err == nil {
 			continue
 		}
 		id, err := s.srv.store.NewFile(ctx, store.File{SourceUUID: s.uuid.String(), Path: rel,
@@ -568,7 +573,7 @@ func (s *session) create(first int64) error {
 			}
 			return err
 		}
-		w, err := pcapfile.Create(path, o)
+		w, err := pcapfile.CreateIn(dir, name, o)
 		if err != nil {
 			s.srv.store.DropFile(ctx, id)
 			if errors.Is(err, os.ErrExist) {

@@ -159,6 +159,48 @@ func Create(path string, o Options) (*Writer, error) {
 	return &Writer{f: f, path: path, format: o.Format, size: int64(len(hdr)), hdrSize: int64(len(hdr))}, nil
 }
 
+// CreateIn creates name, a plain file name that must not exist, in the
+// directory dir, with the file header, as Create does, but only ever
+// beneath dir: the hidden part file is opened with O_EXCL, which never
+// follows a symbolic link, and renamed within dir, and dir itself (an
+// os.Root) resolves nothing outside it. The Writer's Path is dir's name
+// joined with name.
+func CreateIn(dir *os.Root, name string, o Options) (*Writer, error) {
+	path := filepath.Join(dir.Name(), name)
+	if name != filepath.Base(name) || name == "." || name == ".." {
+		return nil, fmt.Errorf("create %s: %q is not a plain file name", path, name)
+	}
+	if _, err := dir.Lstat(name); err == nil {
+		return nil, &os.PathError{Op: "create", Path: path, Err: os.ErrExist}
+	}
+	hdr := FileHeader(o)
+	part := "." + name + ".part"
+	dir.Remove(part) // left by a crash
+	f, err := dir.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Write(hdr); err != nil {
+		f.Close()
+		dir.Remove(part)
+		return nil, fmt.Errorf("write header of %s: %w", path, err)
+	}
+	if err := renameNoReplaceIn(dir, part, name); err != nil {
+		f.Close()
+		dir.Remove(part)
+		return nil, err
+	}
+	return &Writer{f: f, path: path, format: o.Format, size: int64(len(hdr)), hdrSize: int64(len(hdr))}, nil
+}
+
+// renameCheckedIn is renameChecked within dir.
+func renameCheckedIn(dir *os.Root, from, to string) error {
+	if _, err := dir.Lstat(to); err == nil {
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: os.ErrExist}
+	}
+	return dir.Rename(from, to)
+}
+
 // renameChecked renames from to to unless to exists (with a race between
 // the check and the rename that only a second writer could lose).
 func renameChecked(from, to string) error {
