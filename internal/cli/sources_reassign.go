@@ -34,6 +34,11 @@ A live stream of the source from its old owner ends within seconds.`,
 			if to == "" {
 				return usagef("--to is required: token:ID, user:NAME, cert:SUBJECT, insecure or none")
 			}
+			// Changing who owns a source trusts the data directory as
+			// token and user changes do.
+			if err := trustDataDir(data); err != nil {
+				return err
+			}
 			st, err := openCatalog(data)
 			if err != nil {
 				return err
