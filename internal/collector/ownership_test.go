@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/tapstream/tapstream/internal/auth"
@@ -142,7 +143,8 @@ func TestSourcesPerCredentialCapped(t *testing.T) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			st, err := c.Stream(ctx)
+			// Credentials in the headers too, as agents send them.
+			st, err := c.Stream(metadata.AppendToOutgoingContext(ctx, auth.MetadataToken, greedy))
 			if err != nil {
 				t.Error(err)
 				return
