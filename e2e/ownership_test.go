@@ -197,7 +197,7 @@ func TestSourceOwnership(t *testing.T) {
 func TestHelloFloodCapped(t *testing.T) {
 	t.Parallel()
 	data := t.TempDir()
-	_, addr, pin, token := secureCollector(t, data)
+	_, addr, pin, token := secureCollector(t, data, "--max-sources-per-credential", "64")
 	flood, floodID := tokenCreate(t, data, "flood")
 	conns := make([]*forger, 5)
 	for i := range conns {

@@ -179,3 +179,39 @@ func TestForwardedAddressOnlyFromTrustedProxies(t *testing.T) {
 		s.Done()
 	}
 }
+
+// An agent opening many streams at once with its token is not held back
+// by its own attempts in flight: only failures count for a token.
+func TestLimiterLetsConcurrentTokenLoginsThrough(t *testing.T) {
+	c := New(Config{MaxAuthFailures: 3})
+	s := &Stream{c: c, Addr: "192.0.2.9"}
+	release := make(chan struct{})
+	var started atomic.Int32
+	errs := make(chan error, 64)
+	for range 64 {
+		go func() {
+			errs <- s.Login(context.Background(), Credential{ID: "token:abc", Unguessable: true}, func() (bool, bool) {
+				started.Add(1)
+				<-release
+				return true, false
+			})
+		}()
+	}
+	for started.Load() < 64 {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	for range 64 {
+		if err := <-errs; err != nil {
+			t.Fatalf("concurrent login with a valid token: %v", err)
+		}
+	}
+	// Failures still count: three bad attempts block it.
+	for range 3 {
+		s.Login(context.Background(), Credential{ID: "token:abc", Unguessable: true}, func() (bool, bool) { return false, true })
+	}
+	var b *BlockedError
+	if err := s.Login(context.Background(), Credential{ID: "token:abc", Unguessable: true}, func() (bool, bool) { return true, false }); !errors.As(err, &b) {
+		t.Fatalf("after 3 failures: %v, want blocked", err)
+	}
+}

@@ -9,7 +9,10 @@ import (
 // Login limiter: failures are counted per credential and address, so one
 // client's failures never lock out another credential from the same
 // address (every agent behind a proxy shares one). An attempt counts from
-// its start, so concurrent attempts cannot outrun the limit.
+// its start, so concurrent guesses cannot outrun the limit; except for an
+// unguessable credential (a token's 192-bit secret, a certificate), whose
+// attempts count when they fail, so that one agent opening many streams at
+// once with its token is never held back.
 const (
 	failureWindow = time.Minute
 	failureBlock  = time.Minute
@@ -24,6 +27,11 @@ type Credential struct {
 	// Password says the check runs bcrypt: it waits for one of a few
 	// places, so guesses cannot take every core.
 	Password bool
+	// Unguessable says the secret cannot be guessed and is checked in
+	// microseconds (a token, a client certificate): its attempts count
+	// when they fail, not from their start, so an agent opening many
+	// streams at once is not held back by its own attempts in flight.
+	Unguessable bool
 }
 
 // Login runs check, the credential check, under the limiter. check
@@ -33,12 +41,12 @@ type Credential struct {
 // password checks are running or waiting.
 func (s *Stream) Login(ctx context.Context, cred Credential, check func() (ok, counts bool)) error {
 	key := s.Addr + " " + cred.ID
-	if err := s.c.limiter.begin(key, s.Addr); err != nil {
+	if err := s.c.limiter.begin(key, s.Addr, !cred.Unguessable); err != nil {
 		return err
 	}
 	failed := false
 	defer func() {
-		if s.c.limiter.end(key, failed) {
+		if s.c.limiter.end(key, failed, !cred.Unguessable) {
 			s.c.log.Warn("blocking a credential from an address after repeated failed authentication",
 				"addr", s.Addr, "credential", cred.ID, "failures", s.c.cfg.MaxAuthFailures, "block", failureBlock)
 		}
@@ -67,7 +75,9 @@ type attempts struct {
 	blockedUntil time.Time
 }
 
-func (l *limiter) begin(key, addr string) error {
+// begin starts an attempt; inFlight counts it from now on, towards the
+// limit, until end.
+func (l *limiter) begin(key, addr string, inFlight bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
@@ -85,6 +95,9 @@ func (l *limiter) begin(key, addr string) error {
 	if now.Sub(a.windowStart) > failureWindow {
 		a.windowStart, a.failures = now, 0
 	}
+	if !inFlight {
+		return nil
+	}
 	if a.failures+a.inFlight >= l.max {
 		// Attempts in flight would reach the limit if they failed:
 		// wait for them.
@@ -95,14 +108,16 @@ func (l *limiter) begin(key, addr string) error {
 }
 
 // end finishes an attempt and reports whether it started a block.
-func (l *limiter) end(key string, failed bool) bool {
+func (l *limiter) end(key string, failed, inFlight bool) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	a := l.entries[key]
 	if a == nil {
 		return false
 	}
-	a.inFlight--
+	if inFlight {
+		a.inFlight--
+	}
 	if !failed {
 		return false
 	}

@@ -124,7 +124,7 @@ func (s *Server) authenticate(ctx context.Context, h *pb.Hello, st *admission.St
 // credentialOf names what h presents, for the login limiter.
 func credentialOf(ctx context.Context, h *pb.Hello) admission.Credential {
 	if hasClientCert(ctx) {
-		return admission.Credential{ID: "cert"}
+		return admission.Credential{ID: "cert", Unguessable: true}
 	}
 	c := h.GetCredentials()
 	switch {
@@ -133,7 +133,7 @@ func credentialOf(ctx context.Context, h *pb.Hello) admission.Credential {
 		if err != nil {
 			return admission.Credential{ID: "token:malformed"}
 		}
-		return admission.Credential{ID: "token:" + id}
+		return admission.Credential{ID: "token:" + id, Unguessable: true}
 	case c.GetUser() != "":
 		return admission.Credential{ID: "user:" + c.GetUser(), Password: true}
 	}

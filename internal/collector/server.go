@@ -53,7 +53,7 @@ const (
 	DefaultMaxStreamsPerConn = 64
 	// DefaultMaxSourcesPerOwner bounds the sources one credential may
 	// create.
-	DefaultMaxSourcesPerOwner = 64
+	DefaultMaxSourcesPerOwner = 256
 	// DefaultStreamIdleTimeout ends a stream that sends nothing, not even
 	// a keepalive, for this long. Agents send a keepalive after a third
 	// of it without batches.
