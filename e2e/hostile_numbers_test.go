@@ -32,13 +32,13 @@ func numberedBatch(seq uint64, ts int64, n, size int) *pb.Batch {
 		RecordsLength: uint32(len(recs)), Records: recs}
 }
 
-// send streams batches as source id/name with token, and returns how the
-// stream ended: nil when every batch was acked and the stream closed.
-func (c *forger) send(token, id, name string, batches ...*pb.Batch) error {
+// send streams batches with hello, and returns how the stream ended: nil
+// when every batch was acked and the stream closed.
+func (c *forger) send(h *pb.Hello, batches ...*pb.Batch) error {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	st, m, err := c.hello(ctx, forgedHello(token, id, name, "attacker"))
+	st, m, err := c.hello(ctx, h)
 	if err != nil {
 		return err
 	}
@@ -82,13 +82,14 @@ func TestHostileCounters(t *testing.T) {
 	data := t.TempDir()
 	c, addr, pin, token := secureCollector(t, data)
 	f := dialHostile(t, addr, pin)
-	id := uuid.NewString()
+	// One capture run: the second try resumes after the stored batch.
+	h := forgedHello(token, uuid.NewString(), "bomb", "attacker")
 	now := time.Now().UnixNano()
 	good := numberedBatch(1, now, 3, 100)
 	for range 2 {
 		bad := numberedBatch(2, now+int64(time.Millisecond), 1, 100)
 		bad.KernelDrops = 1<<63 - 10
-		err := f.send(token, id, "bomb", good, bad)
+		err := f.send(h, good, bad)
 		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "kernel_drops") {
 			t.Fatalf("batch with kernel drops near 2^63: %v, want InvalidArgument naming kernel_drops", err)
 		}
@@ -121,13 +122,13 @@ func TestRetentionByCollectorClock(t *testing.T) {
 	data := t.TempDir()
 	_, addr, pin, token := secureCollector(t, data)
 	f := dialHostile(t, addr, pin)
-	err := f.send(token, uuid.NewString(), "future", numberedBatch(1, future, 1, 100))
+	err := f.send(forgedHello(token, uuid.NewString(), "future", "attacker"), numberedBatch(1, future, 1, 100))
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "past the collector's clock") {
 		t.Fatalf("batch stamped 2106: %v, want InvalidArgument", err)
 	}
 
 	data = t.TempDir()
-	_, addr, pin, token = secureCollector(t, data, "--max-clock-ahead", "-1", "--max-storage", "200KiB", "--rotate-size", "50KiB")
+	_, addr, pin, token = secureCollector(t, data, "--max-clock-ahead", "-1s", "--max-storage", "200KiB", "--rotate-size", "50KiB")
 	victim, _ := tokenCreate(t, data, "victim")
 	f = dialHostile(t, addr, pin)
 	batches := func(ts int64) []*pb.Batch {
@@ -137,11 +138,11 @@ func TestRetentionByCollectorClock(t *testing.T) {
 		}
 		return out
 	}
-	if err := f.send(token, uuid.NewString(), "junk", batches(future)...); err != nil {
+	if err := f.send(forgedHello(token, uuid.NewString(), "junk", "attacker"), batches(future)...); err != nil {
 		t.Fatalf("attacker's batches: %v", err)
 	}
 	time.Sleep(10 * time.Millisecond)
-	if err := f.send(victim, uuid.NewString(), "victim", batches(time.Now().UnixNano())...); err != nil {
+	if err := f.send(forgedHello(victim, uuid.NewString(), "victim", "victim"), batches(time.Now().UnixNano())...); err != nil {
 		t.Fatalf("victim's batches: %v", err)
 	}
 	var files []store.File
