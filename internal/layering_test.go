@@ -21,6 +21,12 @@ var forbidden = map[string][]string{
 	"pcapfile":  {"store", "collector", "agent"},
 	"spool":     {"wire", "collector"},
 	"extract":   {"collector", "agent"},
+	// Admission talks to the collector through a small interface; the
+	// small helpers below it know nothing of the system around them.
+	"admission": {"collector", "agent", "store", "capture", "wirecodec"},
+	"ratelog":   {"collector", "agent", "store", "admission"},
+	"termsafe":  {"collector", "agent", "store", "capture"},
+	"datadir":   {"collector", "agent", "store", "capture"},
 }
 
 // under reports whether pkg (a path relative to internal/) is dir or in it.
