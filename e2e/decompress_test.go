@@ -4,11 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,22 +16,9 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/tapstream/tapstream/internal/auth"
-	"github.com/tapstream/tapstream/internal/pcaptest"
 	"github.com/tapstream/tapstream/internal/wire"
 	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
 )
-
-// peakRSSKB returns a process's peak resident memory (VmHWM).
-func peakRSSKB(t *testing.T, pid int) int {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`VmHWM:\s+(\d+) kB`).FindSubmatch(b)
-	n, _ := strconv.Atoi(string(m[1]))
-	return n
-}
 
 // TestDecompressionMemoryBudget: a holder of a valid agent token opens 64
 // streams on one connection, each sending a batch that is 16 MiB of records
@@ -51,12 +34,7 @@ func TestDecompressionMemoryBudget(t *testing.T) {
 	writeNumbered(t, trace, n, 6*time.Second)
 	data := t.TempDir()
 	c, addr, pin, token := secureCollector(t, data)
-	tok := start(t, nil, "token", "token", "create", "--data", data, "--role", "agent", "--name", "bomber")
-	if code := tok.wait(10 * time.Second); code != 0 {
-		t.Fatalf("token create exited %d", code)
-	}
-	fields := strings.Fields(tok.output())
-	bomberToken := fields[len(fields)-1]
+	bomberToken, _ := tokenCreate(t, data, "bomber")
 	good := start(t, nil, "agent", "agent", "--connect", addr, "--pin", pin, "--token", token,
 		"--source", "file:"+trace+":name=steady", "--replay-speed", "1")
 	good.waitLog(`msg=streaming`, 10*time.Second)
@@ -136,18 +114,7 @@ func TestDecompressionMemoryBudget(t *testing.T) {
 	if code := good.wait(60 * time.Second); code != 0 {
 		t.Fatalf("good agent exited %d", code)
 	}
-	seen := make([]int, n)
-	for _, f := range pcaptest.Files(t, filepath.Join(data, "pcap", "steady")) {
-		_, pkts := pcaptest.ReadFile(t, f)
-		for _, p := range pkts {
-			seen[int(p.Data[42])<<24|int(p.Data[43])<<16|int(p.Data[44])<<8|int(p.Data[45])]++
-		}
-	}
-	for i, k := range seen {
-		if k != 1 {
-			t.Fatalf("good agent's packet %d stored %d times", i, k)
-		}
-	}
+	numberedOnce(t, data, "steady", n)
 	const budgetKB = 256 << 10
 	t.Logf("collector RSS %d MiB before, peak %d MiB with %d streams of %d MiB batches (budget %d MiB); good agent's %d packets stored once",
 		base/1024, peak/1024, streams, recordsLen>>20, budgetKB/1024, n)

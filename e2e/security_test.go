@@ -200,14 +200,39 @@ func waitPort(t *testing.T, addr string) {
 }
 
 // rssKB returns a process's resident memory.
-func rssKB(t *testing.T, pid int) int {
+func rssKB(t *testing.T, pid int) int { return procStatusKB(t, pid, "VmRSS") }
+
+// peakRSSKB returns a process's peak resident memory.
+func peakRSSKB(t *testing.T, pid int) int { return procStatusKB(t, pid, "VmHWM") }
+
+// procStatusKB returns a kB field of a process's /proc status.
+func procStatusKB(t *testing.T, pid int, field string) int {
+	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(b)
+	m := regexp.MustCompile(field + `:\s+(\d+) kB`).FindSubmatch(b)
 	n, _ := strconv.Atoi(string(m[1]))
 	return n
+}
+
+// numberedOnce checks that the source's files under data hold each of the
+// n numbered datagrams (writeNumbered) exactly once.
+func numberedOnce(t *testing.T, data, source string, n int) {
+	t.Helper()
+	seen := make([]int, n)
+	for _, f := range pcaptest.Files(t, filepath.Join(data, "pcap", source)) {
+		_, pkts := pcaptest.ReadFile(t, f)
+		for _, p := range pkts {
+			seen[int(p.Data[42])<<24|int(p.Data[43])<<16|int(p.Data[44])<<8|int(p.Data[45])]++
+		}
+	}
+	for i, k := range seen {
+		if k != 1 {
+			t.Fatalf("%s's datagram %d stored %d times", source, i, k)
+		}
+	}
 }
 
 // TestAbuse: while a good agent streams, the collector gets random bytes,
@@ -292,18 +317,7 @@ func TestAbuse(t *testing.T) {
 	if code := good.wait(60 * time.Second); code != 0 {
 		t.Fatalf("good agent exited %d", code)
 	}
-	seen := make([]int, n)
-	for _, f := range pcaptest.Files(t, filepath.Join(data, "pcap", "steady")) {
-		_, pkts := pcaptest.ReadFile(t, f)
-		for _, p := range pkts {
-			seen[int(p.Data[42])<<24|int(p.Data[43])<<16|int(p.Data[44])<<8|int(p.Data[45])]++
-		}
-	}
-	for i, k := range seen {
-		if k != 1 {
-			t.Fatalf("good agent's packet %d stored %d times during the abuse", i, k)
-		}
-	}
+	numberedOnce(t, data, "steady", n)
 	t.Logf("collector RSS %d MiB before the abuse, %d MiB at its height; the good agent's %d packets all stored once",
 		base/1024, peak/1024, n)
 	if peak > base+256*1024 {
