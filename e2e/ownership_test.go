@@ -246,10 +246,13 @@ func TestHelloFloodCapped(t *testing.T) {
 // TestSquatter: a stream that sends Hello for a source and then nothing
 // cannot keep its agent out. Another token is refused without learning the
 // squatter's address; the real agent (same token as the squatter: a fleet
-// token, or a restart) takes over at once and delivers every packet; a
-// silent stream of a new source ends at --stream-idle-timeout; and an
-// agent that is merely idle (4 s between packets, over the 3 s timeout)
-// sends keepalives and is never cut.
+// token) on another host is refused while the squatter's stream lives, so
+// that two hosts never interleave one source, and gets in as soon as the
+// silent stream ends at --stream-idle-timeout, delivering every packet (a
+// restart on the same host takes over at once: see
+// TestRestartedAgentTakesOverItsGhost); and an agent that is merely idle
+// (4 s between packets, over the 3 s timeout) sends keepalives and is
+// never cut.
 func TestSquatter(t *testing.T) {
 	t.Parallel()
 	data := t.TempDir()
@@ -288,8 +291,11 @@ func TestSquatter(t *testing.T) {
 		t.Fatalf("real agent delivered %d packets, want 300", n)
 	}
 	t.Logf("real agent delivered 300 packets in %v with a squatter on its source", time.Since(began).Round(time.Millisecond))
-	if err := <-squatEnded; status.Code(err) != codes.Aborted {
-		t.Fatalf("squatter's stream ended with %v, want Aborted (taken over)", err)
+	if err := <-squatEnded; status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("squatter's stream ended with %v, want DeadlineExceeded (silent past the idle timeout)", err)
+	}
+	if !strings.Contains(a.output(), "another host") {
+		t.Errorf("the real agent was not told that another host held its source")
 	}
 
 	// A silent stream of a source of its own ends at the idle timeout.

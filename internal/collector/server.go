@@ -780,6 +780,15 @@ func (s *Server) admit(h *pb.Hello, remote string, who principal) (*session, *pb
 			break
 		}
 		s.mu.Unlock()
+		if old.hello.GetHostname() != h.GetHostname() {
+			// Another host with the same source (a copied config or
+			// machine id): taking over would make the two interleave
+			// their packets in one source, each kicking the other out.
+			s.log.Warn("refused a second host streaming a live source", "source", name, "uuid", id, "as", who.display,
+				"live_host", old.hello.GetHostname(), "live_peer", old.remote, "new_host", h.GetHostname(), "new_peer", remote)
+			return refuse(pb.Refusal_REASON_DUPLICATE_SOURCE,
+				"source %s (%s) is streaming now from another host; give each agent's source its own name or uuid (an agent that restarts on the same host takes over its old stream)", id, name)
+		}
 		// The owner connecting again while its old stream lingers (the
 		// old connection may not have died yet, or the agent restarted
 		// after a crash): end the old stream and take over. The other

@@ -328,6 +328,29 @@ func TestSameOwnerTakesOverLiveSource(t *testing.T) {
 	}
 }
 
+// Two hosts with one source (a copied configuration) do not take it from
+// each other in turn: while one streams, the other is refused.
+func TestSecondHostWithLiveSourceRefused(t *testing.T) {
+	tc := startCollector(t, nil)
+	c := dial(t, tc.addr)
+	hello := newHello("twin")
+	s, _ := welcome(t, c, hello)
+	s.send(batchMsg(1, packets(0, 5)))
+	s.wantAck(1)
+	other := newHello("twin")
+	other.SourceUuid = hello.SourceUuid
+	other.Hostname = "another-host"
+	_, m := open(t, c, other)
+	if r := m.GetRefusal(); r.GetReason() != pb.Refusal_REASON_DUPLICATE_SOURCE || !strings.Contains(r.GetMessage(), "another host") {
+		t.Fatalf("second host: %v, want DUPLICATE_SOURCE", m)
+	}
+	s.send(batchMsg(2, packets(5, 5)))
+	s.wantAck(2)
+	if err := s.wantEnd(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestBadStreamsEndAloneWithClearErrors(t *testing.T) {
 	tc := startCollector(t, func(c *Config) { c.MaxMessageBytes = 1 << 20 })
 	c := dial(t, tc.addr)
