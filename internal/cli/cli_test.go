@@ -129,3 +129,25 @@ func TestSharedTokenFileWarns(t *testing.T) {
 		t.Errorf("no warning about a world-readable token file:\n%s", out)
 	}
 }
+
+// Revoking by a name that several active tokens share revokes none of
+// them unless --all says so: an operator must not cut off agents by
+// accident.
+func TestRevokeAmbiguousName(t *testing.T) {
+	data := t.TempDir()
+	for range 2 {
+		if code, out := run("token", "create", "--data", data, "--role", "agent", "--name", "lo1"); code != ExitOK {
+			t.Fatalf("token create: %d %s", code, out)
+		}
+	}
+	code, out := run("token", "revoke", "--data", data, "lo1")
+	if code != ExitUsage || !strings.Contains(out, "2 active tokens are named lo1") {
+		t.Fatalf("revoke by a shared name: %d %q, want a usage error naming both", code, out)
+	}
+	if _, out := run("token", "list", "--data", data); strings.Contains(out, "revoked") {
+		t.Fatalf("a token was revoked anyway:\n%s", out)
+	}
+	if code, out := run("token", "revoke", "--data", data, "--all", "lo1"); code != ExitOK || !strings.Contains(out, "revoked 2 token(s)") {
+		t.Fatalf("revoke --all: %d %q", code, out)
+	}
+}

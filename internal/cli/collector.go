@@ -110,7 +110,7 @@ closes every file and prints per-source counters.`, collector.DefaultPort),
 		RunE: func(cmd *cobra.Command, _ []string) error { return runCollector(cmd, g, f) },
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.listen, "listen", "", fmt.Sprintf("address to listen on (default 127.0.0.1:%d with --insecure)", collector.DefaultPort))
+	fl.StringVar(&f.listen, "listen", "", fmt.Sprintf("address to listen on (default :%d, every interface; 127.0.0.1:%d with --insecure)", collector.DefaultPort, collector.DefaultPort))
 	fl.StringVar(&f.data, "data", defaultDataDir(), "data directory: pcap files and state")
 	fl.BoolVar(&f.insecure, "insecure", false, "plaintext and no authentication (listens on loopback unless --listen says otherwise)")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "server certificate (PEM, chain allowed) instead of the generated one")

@@ -106,7 +106,9 @@ func newFilesCmd(g *globals) *cobra.Command {
 (DATA/tapstream.db): source, state, first and last packet time (UTC),
 packets, size, the credential whose stream wrote it, and path. States: open (being written), closed (complete),
 missing (removed behind the collector's back) and deleted (by retention;
-shown with --all).`,
+shown with --all). After the files it lists the sources' capture gaps:
+stretches lost without being counted because an agent was killed or
+crashed, from the last packet stored before to the first after.`,
 		Example: `  tapstream files --data /var/lib/tapstream
   tapstream files --data /var/lib/tapstream --source web1-eth0 --from -1h`,
 		Args: cobra.NoArgs,

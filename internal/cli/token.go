@@ -125,16 +125,36 @@ one of its patterns (shell globs: *, ?, [a-z]), such as 'web*,db?'.`,
 		},
 	}
 
+	var revokeAll bool
 	revoke := &cobra.Command{
 		Use:   "revoke ID|NAME",
 		Short: "Revoke a token; its live streams end within seconds and it is refused from then on",
-		Args:  cobra.ExactArgs(1),
+		Long: `Revoke a token by its id, or by its name. Names need not be unique:
+when several active tokens share the name, nothing is revoked unless
+--all says to revoke them all; give an id to revoke one.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := openStore(data)
 			if err != nil {
 				return err
 			}
 			defer st.Close()
+			if !revokeAll {
+				toks, err := st.Tokens(cmd.Context())
+				if err != nil {
+					return err
+				}
+				var ids []string
+				for _, t := range toks {
+					if t.Name == args[0] && t.RevokedAt.IsZero() {
+						ids = append(ids, t.ID)
+					}
+				}
+				if len(ids) > 1 {
+					return usagef("%d active tokens are named %s (%s): give an id, or --all to revoke them all",
+						len(ids), termsafe.String(args[0]), strings.Join(ids, ", "))
+				}
+			}
 			n, err := st.RevokeToken(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -146,6 +166,7 @@ one of its patterns (shell globs: *, ?, [a-z]), such as 'web*,db?'.`,
 			return nil
 		},
 	}
+	revoke.Flags().BoolVar(&revokeAll, "all", false, "revoke every active token with this name")
 	cmd.AddCommand(create, list, revoke)
 	return cmd
 }

@@ -31,7 +31,7 @@ func (s *session) planGap(src store.Source) {
 		}
 		s.gap = &pendingGap{afterSeq: prev.LastSeq,
 			reason: "agent restarted after its previous run (started " + stamp(prev.StartedUnixNano) +
-				") ended abnormally around " + stamp(prev.LastActiveUnixNano) + "; what it captured and had not spooled is lost"}
+				", last known alive " + stamp(prev.LastActiveUnixNano) + ") ended abnormally; what it captured and had not spooled is lost"}
 	case !src.EndedUncleanAt.IsZero() && !s.known:
 		s.gap = &pendingGap{reason: "the source's stream broke at " + src.EndedUncleanAt.UTC().Format(time.RFC3339) +
 			" without the agent's clean end, and a new capture run began; what the old run had not delivered is lost"}
@@ -100,5 +100,5 @@ func stamp(ns int64) string {
 	if ns == 0 {
 		return "-"
 	}
-	return time.Unix(0, ns).UTC().Format(time.RFC3339Nano)
+	return time.Unix(0, ns).UTC().Format("2006-01-02T15:04:05.000Z07:00")
 }

@@ -144,8 +144,14 @@ func (s *Server) recheckSource(ctx context.Context, sess *session, who principal
 		}
 		return nil
 	}
-	if owner != "" && owner != sess.who.owner {
-		return refusal(pb.Refusal_REASON_SOURCE_OWNED, "source %s (%s) was reassigned to %s", sess.uuid, sess.name, owner)
+	if owner != sess.who.owner {
+		// Reassigned, or freed (--to none) for the next credential to
+		// claim: the old owner's stream ends either way.
+		to := owner
+		if to == "" {
+			to = "nobody (the next credential to stream it)"
+		}
+		return refusal(pb.Refusal_REASON_SOURCE_OWNED, "source %s (%s) was reassigned to %s", sess.uuid, sess.name, to)
 	}
 	return nil
 }

@@ -43,6 +43,35 @@ func refusedWith(t *testing.T, c pb.CaptureClient, h *pb.Hello, reason pb.Refusa
 	return r
 }
 
+// Freeing a source (sources reassign --to none) ends its owner's live
+// stream too, so another credential can claim it.
+func TestFreedSourceEndsLiveStream(t *testing.T) {
+	tc := startTLSCollector(t, "", func(c *Config) { c.RecheckInterval = 100 * time.Millisecond })
+	owner, _ := tc.agentToken(t, "first")
+	next, nextID := tc.agentToken(t, "next")
+	c := dialTLS(t, tc.addr, auth.ClientOptions{Pin: tc.id.Pin()})
+	h := withCreds("freed", &pb.Credentials{Token: owner})
+	s, _ := welcome(t, c, h)
+	s.send(batchMsg(1, packets(0, 5)))
+	s.wantAck(1)
+	if _, err := tc.srv.store.SetSourceOwner(context.Background(), "freed", ""); err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.stream.Recv()
+	if r := m.GetRefusal(); err != nil || r.GetReason() != pb.Refusal_REASON_SOURCE_OWNED || !strings.Contains(r.GetMessage(), "reassigned to nobody") {
+		t.Fatalf("owner's stream after the source was freed: %v %v", m, err)
+	}
+	s.wantCode(codes.PermissionDenied, "reassigned to nobody")
+	h2 := withCreds("freed", &pb.Credentials{Token: next})
+	h2.SourceUuid = h.SourceUuid
+	if got, err := helloErr(t, c, h2); err != nil || got != pb.Refusal_REASON_UNSPECIFIED {
+		t.Fatalf("another credential after the source was freed: %v %v", got, err)
+	}
+	if o, _ := tc.srv.store.SourceOwner(context.Background(), h.SourceUuid); o != "token:"+nextID {
+		t.Fatalf("owner after the claim: %q", o)
+	}
+}
+
 // An agent token cannot write into another credential's source, by its
 // UUID or by its name; nothing of the attacker's is stored, and the
 // source keeps its owner's hostname. An admin's reassignment lets the new
