@@ -155,20 +155,26 @@ type Controller struct {
 
 	limiter   limiter
 	passwords semaphore
-	legacy    chan struct{}
+	// passwordsByAddr counts password checks running or waiting per
+	// client address, so one address cannot fill the queue by spraying
+	// user names (each name its own limiter entry).
+	passwordsByAddr map[string]int
+	legacy          chan struct{}
 }
 
 // New returns a Controller with cfg's limits.
 func New(cfg Config) *Controller {
 	cfg.setDefaults()
 	return &Controller{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		perAddr:   map[string]int{},
-		proxied:   map[string]int{},
-		limiter:   limiter{max: cfg.MaxAuthFailures, entries: map[string]*attempts{}},
-		passwords: newSemaphore(cfg.PasswordChecks, cfg.PasswordQueue, time.Second),
-		legacy:    make(chan struct{}, cfg.LegacyHellos),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		perAddr: map[string]int{},
+		proxied: map[string]int{},
+
+		passwordsByAddr: map[string]int{},
+		limiter:         limiter{max: cfg.MaxAuthFailures, entries: map[string]*attempts{}},
+		passwords:       newSemaphore(cfg.PasswordChecks, cfg.PasswordQueue, time.Second),
+		legacy:          make(chan struct{}, cfg.LegacyHellos),
 	}
 }
 

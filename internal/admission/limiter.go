@@ -9,10 +9,12 @@ import (
 // Login limiter: failures are counted per credential and address, so one
 // client's failures never lock out another credential from the same
 // address (every agent behind a proxy shares one). An attempt counts from
-// its start, so concurrent guesses cannot outrun the limit; except for an
-// unguessable credential (a token's 192-bit secret, a certificate), whose
-// attempts count when they fail, so that one agent opening many streams at
-// once with its token is never held back.
+// its start, so concurrent guesses cannot outrun the limit. An unguessable
+// credential (a token's 192-bit secret, a certificate) is checked in
+// microseconds and never blocked: guessing it is hopeless, and blocking
+// it would let anyone who knows a token's id (it is no secret) and shares
+// the agent's address lock the agent out; nor is an agent opening many
+// streams at once held back by its own attempts.
 const (
 	failureWindow = time.Minute
 	failureBlock  = time.Minute
@@ -28,9 +30,8 @@ type Credential struct {
 	// places, so guesses cannot take every core.
 	Password bool
 	// Unguessable says the secret cannot be guessed and is checked in
-	// microseconds (a token, a client certificate): its attempts count
-	// when they fail, not from their start, so an agent opening many
-	// streams at once is not held back by its own attempts in flight.
+	// microseconds (a token, a client certificate): it is checked at once
+	// and never blocked.
 	Unguessable bool
 }
 
@@ -40,18 +41,26 @@ type Credential struct {
 // credential is blocked from this address, or ErrBusy when too many
 // password checks are running or waiting.
 func (s *Stream) Login(ctx context.Context, cred Credential, check func() (ok, counts bool)) error {
+	if cred.Unguessable {
+		check()
+		return nil
+	}
 	key := s.Addr + " " + cred.ID
-	if err := s.c.limiter.begin(key, s.Addr, !cred.Unguessable); err != nil {
+	if err := s.c.limiter.begin(key, s.Addr); err != nil {
 		return err
 	}
 	failed := false
 	defer func() {
-		if s.c.limiter.end(key, failed, !cred.Unguessable) {
+		if s.c.limiter.end(key, failed) {
 			s.c.log.Warn("blocking a credential from an address after repeated failed authentication",
 				"addr", s.Addr, "credential", cred.ID, "failures", s.c.cfg.MaxAuthFailures, "block", failureBlock)
 		}
 	}()
 	if cred.Password {
+		if !s.c.passwordSlot(s.Addr) {
+			return &BlockedError{Addr: s.Addr, Wait: time.Second}
+		}
+		defer s.c.passwordDone(s.Addr)
 		if err := s.c.passwords.acquire(ctx); err != nil {
 			return err
 		}
@@ -60,6 +69,28 @@ func (s *Stream) Login(ctx context.Context, cred Credential, check func() (ok, c
 	ok, counts := check()
 	failed = !ok && counts
 	return nil
+}
+
+// maxPasswordChecksPerAddr bounds the password checks one client address
+// has running or waiting at once.
+const maxPasswordChecksPerAddr = 2
+
+func (c *Controller) passwordSlot(addr string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.passwordsByAddr[addr] >= maxPasswordChecksPerAddr {
+		return false
+	}
+	c.passwordsByAddr[addr]++
+	return true
+}
+
+func (c *Controller) passwordDone(addr string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.passwordsByAddr[addr]--; c.passwordsByAddr[addr] <= 0 {
+		delete(c.passwordsByAddr, addr)
+	}
 }
 
 type limiter struct {
@@ -75,9 +106,9 @@ type attempts struct {
 	blockedUntil time.Time
 }
 
-// begin starts an attempt; inFlight counts it from now on, towards the
-// limit, until end.
-func (l *limiter) begin(key, addr string, inFlight bool) error {
+// begin starts an attempt of a guessable credential, which counts from
+// now on towards the limit, until end.
+func (l *limiter) begin(key, addr string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
@@ -95,9 +126,6 @@ func (l *limiter) begin(key, addr string, inFlight bool) error {
 	if now.Sub(a.windowStart) > failureWindow {
 		a.windowStart, a.failures = now, 0
 	}
-	if !inFlight {
-		return nil
-	}
 	if a.failures+a.inFlight >= l.max {
 		// Attempts in flight would reach the limit if they failed:
 		// wait for them.
@@ -108,16 +136,14 @@ func (l *limiter) begin(key, addr string, inFlight bool) error {
 }
 
 // end finishes an attempt and reports whether it started a block.
-func (l *limiter) end(key string, failed, inFlight bool) bool {
+func (l *limiter) end(key string, failed bool) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	a := l.entries[key]
 	if a == nil {
 		return false
 	}
-	if inFlight {
-		a.inFlight--
-	}
+	a.inFlight--
 	if !failed {
 		return false
 	}

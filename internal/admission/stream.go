@@ -92,6 +92,18 @@ func (s *Stream) EndedBeforeHello() {
 	}
 }
 
+// CloseConn closes the stream's connection, ending every stream on it: for
+// a client that stopped reading, whose stream cannot otherwise be ended.
+// A trusted proxy's connection carries other clients and is left open;
+// CloseConn then reports false.
+func (s *Stream) CloseConn() bool {
+	if s.conn == nil || s.conn.proxy {
+		return false
+	}
+	s.conn.Close()
+	return true
+}
+
 // Authenticated records that the stream authenticated; its connection
 // moves to the authenticated budget. It fails with ErrConnCap when that
 // budget is full.

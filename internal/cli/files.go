@@ -14,6 +14,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/spf13/cobra"
 
 	"github.com/tapstream/tapstream/internal/bytesize"
@@ -61,9 +63,11 @@ func selectSources(ctx context.Context, st *store.Store, want []string) (map[str
 	}
 	out := map[string]store.Source{}
 	for _, w := range want {
+		// A UUID picks that source alone, never one whose name spells it.
+		_, isUUID := uuid.Parse(w)
 		found := false
 		for _, s := range all {
-			if s.Name == w || s.UUID == w {
+			if s.UUID == w || isUUID != nil && s.Name == w {
 				out[s.UUID], found = s, true
 			}
 		}

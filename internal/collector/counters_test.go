@@ -4,9 +4,11 @@ import (
 	"context"
 	"database/sql"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 
 	"github.com/tapstream/tapstream/internal/store"
@@ -151,5 +153,66 @@ func TestBatchStampedInTheFutureRefused(t *testing.T) {
 	}
 	if len(srcs) != 1 || srcs[0].Packets != 4 || srcs[0].LastSeq != 2 {
 		t.Errorf("stored %+v, want 4 packets up to seq 2", srcs)
+	}
+}
+
+// A source name that reads as a UUID is refused: sources are picked by
+// name or UUID, and such a name could pass for another source.
+func TestSourceNamedLikeAUUIDRefused(t *testing.T) {
+	tc := startCollector(t, nil)
+	c := dial(t, tc.addr)
+	h := newHello(uuid.NewString())
+	_, m := open(t, c, h)
+	if r := m.GetRefusal(); r.GetReason() != pb.Refusal_REASON_INVALID_HELLO || !strings.Contains(r.GetMessage(), "reads as a UUID") {
+		t.Fatalf("source named like a UUID: %v", m)
+	}
+}
+
+// An agent's account of a previous run that ended abnormally is believed
+// once for a source whose last stream broke (or that has not streamed
+// since the collector started), not on every Hello; and a source keeps at
+// most store.MaxGapsPerSource gaps.
+func TestPreviousRunClaimsAreBounded(t *testing.T) {
+	tc := startCollector(t, nil)
+	c := dial(t, tc.addr)
+	h := newHello("claims")
+	now := time.Now()
+	h.PreviousRun = &pb.PreviousRun{StartedUnixNano: now.Add(-time.Hour).UnixNano(), LastActiveUnixNano: now.Add(-time.Minute).UnixNano()}
+	for i := range 5 {
+		h.CaptureId = uuid.NewString()
+		s, _ := welcome(t, c, h)
+		s.send(batchMsg(1, packets(10*i, 3)))
+		s.wantAck(1)
+		if err := s.wantEnd(); err != nil { // a clean end each time
+			t.Fatal(err)
+		}
+	}
+	gaps, err := tc.srv.store.Gaps(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gaps) != 1 {
+		t.Fatalf("%d gaps from 5 Hellos claiming an abnormal end after clean ones, want 1 (the first since start)", len(gaps))
+	}
+	// Lying times are not kept.
+	h2 := newHello("liar")
+	h2.PreviousRun = &pb.PreviousRun{StartedUnixNano: -1 << 63, LastActiveUnixNano: 1<<63 - 1, LastSeq: 1<<64 - 1}
+	s, _ := welcome(t, c, h2)
+	s.send(batchMsg(1, packets(0, 3)))
+	s.wantAck(1)
+	if err := s.wantEnd(); err != nil {
+		t.Fatal(err)
+	}
+	if gaps, _ := tc.srv.store.Gaps(context.Background(), h2.SourceUuid); len(gaps) != 0 {
+		t.Fatalf("a previous run with a seq past any valid one made gaps: %+v", gaps)
+	}
+	st := tc.srv.store
+	for range store.MaxGapsPerSource + 10 {
+		if err := st.AddGap(context.Background(), store.Gap{SourceUUID: h.SourceUuid, Reason: "test"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if gaps, _ := st.Gaps(context.Background(), h.SourceUuid); len(gaps) != store.MaxGapsPerSource {
+		t.Fatalf("%d gaps kept for one source, want %d", len(gaps), store.MaxGapsPerSource)
 	}
 }

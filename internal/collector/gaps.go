@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tapstream/tapstream/internal/store"
+	pb "github.com/tapstream/tapstream/proto/tapstream/v1"
 )
 
 // pendingGap is a gap in a source's capture that a stream will close: it
@@ -23,7 +24,7 @@ type pendingGap struct {
 // old run can arrive any more).
 func (s *session) planGap(src store.Source) {
 	ctx := context.Background()
-	prev := s.hello.GetPreviousRun()
+	prev := s.trustedPreviousRun(src)
 	switch {
 	case prev != nil:
 		if s.known && prev.LastSeq < s.lastSeq {
@@ -51,6 +52,27 @@ func (s *session) planGap(src store.Source) {
 	s.lastTS = last
 	s.log.Warn("capture gap: packets were lost without being counted; recording the gap once the next packet arrives",
 		"reason", s.gap.reason, "last_stored_packet", stamp(last), "after_seq", s.gap.afterSeq)
+}
+
+// trustedPreviousRun returns the Hello's account of an abnormally ended
+// previous run when the collector has reason to believe it: the source's
+// last stream broke, or none has streamed since the collector started (it
+// could not see the end). Its times are kept only when they make sense.
+// Otherwise an agent could record a gap with every Hello.
+func (s *session) trustedPreviousRun(src store.Source) *pb.PreviousRun {
+	s.srv.mu.Lock()
+	_, seen := s.srv.streamed[s.uuid]
+	s.srv.streamed[s.uuid] = struct{}{}
+	s.srv.mu.Unlock()
+	p := s.hello.GetPreviousRun()
+	if p == nil || seen && src.EndedUncleanAt.IsZero() || p.LastSeq > maxSeq {
+		return nil
+	}
+	started, last := p.StartedUnixNano, p.LastActiveUnixNano
+	if started <= 0 || last < started || last > time.Now().Add(time.Minute).UnixNano() {
+		started, last = 0, 0
+	}
+	return &pb.PreviousRun{StartedUnixNano: started, LastActiveUnixNano: last, LastSeq: p.LastSeq}
 }
 
 // closeGap records the pending gap once batch seq, holding packets from

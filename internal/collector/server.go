@@ -63,6 +63,10 @@ const (
 	DefaultRecheckInterval = 2 * time.Second
 	DefaultRotateSize      = 256 << 20
 	DefaultRotateTime      = 15 * time.Minute
+	// connIdleTimeout closes a connection that has had no stream this long.
+	connIdleTimeout = 30 * time.Second
+	// DefaultSendTimeout is how long an agent may leave a message unread.
+	DefaultSendTimeout = 30 * time.Second
 	// DefaultMaxClockAhead is how far in the future packets may be stamped.
 	DefaultMaxClockAhead = 24 * time.Hour
 	// clockWarnSkew is the agent clock offset, seen at Hello, that is
@@ -153,6 +157,11 @@ type Config struct {
 	MaxAge     time.Duration
 	MinFree    MinFree
 
+	// SendTimeout is how long a message to an agent may wait for the agent
+	// to read it; then its connection is closed (DefaultSendTimeout when
+	// zero).
+	SendTimeout time.Duration
+
 	// DecompressMemory bounds the memory of all batches being
 	// decompressed at once (DefaultDecompressMemory when zero).
 	DecompressMemory int64
@@ -198,6 +207,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxAuthFailures == 0 {
 		c.MaxAuthFailures = DefaultMaxAuthFailures
+	}
+	if c.SendTimeout == 0 {
+		c.SendTimeout = DefaultSendTimeout
 	}
 	if c.DecompressMemory == 0 {
 		c.DecompressMemory = DefaultDecompressMemory
@@ -252,6 +264,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	live     map[uuid.UUID]*session // streaming now
+	streamed map[uuid.UUID]struct{} // sources that streamed since start
 	stopping bool
 
 	shutdown chan struct{} // closed when shutdown begins
@@ -320,6 +333,7 @@ func New(cfg Config) (*Server, error) {
 		store:    st,
 		decomp:   decomp,
 		live:     map[uuid.UUID]*session{},
+		streamed: map[uuid.UUID]struct{}{},
 		shutdown: make(chan struct{}),
 
 		storagePoke: make(chan struct{}, 1),
@@ -375,6 +389,10 @@ func (s *Server) GRPCServer(extra ...grpc.ServerOption) *grpc.Server {
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			Time:    15 * time.Second,
 			Timeout: 10 * time.Second,
+			// A connection with no stream is closed: one whose Hellos were
+			// refused, or whose credential was revoked, gives back its
+			// place in the connection budget (agents redial at once).
+			MaxConnectionIdle: connIdleTimeout,
 		}),
 		// TLS and HTTP/2 setup must fit in the time a connection has to
 		// authenticate.
@@ -553,6 +571,7 @@ func (s *Server) Stream(stream pb.Capture_StreamServer) error {
 		return refuse(stream, ref)
 	}
 	defer s.release(sess)
+	sess.conn = st
 	log = s.log.With("peer", remote, "source", sess.name, "uuid", sess.uuid, "session", sess.id)
 	sess.log = log
 	sess.planGap(sess.stored)
@@ -740,6 +759,11 @@ func (s *Server) admit(h *pb.Hello, remote string, who principal) (*session, *pb
 	name, err := source.SanitizeName(h.SourceName)
 	if err != nil {
 		return refuse(pb.Refusal_REASON_INVALID_HELLO, "%v", err)
+	}
+	if _, err := uuid.Parse(name); err == nil {
+		// Sources are picked by name or UUID (extract --source): a name
+		// that reads as a UUID could pass for another source.
+		return refuse(pb.Refusal_REASON_INVALID_HELLO, "source name %q reads as a UUID; name the source, and give its UUID as uuid=", name)
 	}
 	switch {
 	case h.CaptureId == "" || len(h.CaptureId) > 64:

@@ -62,6 +62,11 @@ type session struct {
 	// Atomic: the status loop reads them.
 	packets, bytes, batches, duplicates atomic.Uint64
 
+	// conn is the stream's admission, to close its connection when the
+	// agent stops reading; sendingSince is when a Send began (0: none).
+	conn         connCloser
+	sendingSince atomic.Int64
+
 	kickOnce sync.Once
 	kicked   chan struct{} // closed to end the stream: a takeover, or end
 	endRef   *pb.Refusal   // set before kicked closes: why end ended it
@@ -80,6 +85,10 @@ type fileCounters struct {
 }
 
 // kick ends the stream for a takeover by a newer stream of its source.
+// connCloser closes a stream's connection (admission.Stream does); it
+// reports false when it cannot.
+type connCloser interface{ CloseConn() bool }
+
 // kick ends the stream for a takeover; replacedByNewRun, set before it,
 // says whether the stream taking over belongs to another capture run.
 func (s *session) kick() { s.kickOnce.Do(func() { close(s.kicked) }) }
@@ -97,7 +106,7 @@ func (s *session) end(ref *pb.Refusal) {
 // Refusal message first, so that it stops retrying when it cannot help.
 func (s *session) kickedErr(stream pb.Capture_StreamServer) error {
 	if ref := s.endRef; ref != nil {
-		stream.Send(&pb.CollectorMessage{Msg: &pb.CollectorMessage_Refusal{Refusal: ref}})
+		s.send(stream, &pb.CollectorMessage{Msg: &pb.CollectorMessage_Refusal{Refusal: ref}})
 		return status.Error(refusalCode(ref.Reason), ref.Message)
 	}
 	return status.Error(codes.Aborted, "replaced by a newer stream of this source (its agent reconnected or restarted); if two agents use one source uuid, give each its own")
@@ -117,6 +126,7 @@ func (s *session) run(stream pb.Capture_StreamServer) error {
 	msgs := make(chan recvResult, 1)
 	stop := make(chan struct{})
 	defer close(stop)
+	go s.sendWatch(stop)
 	go func() {
 		for {
 			m, err := stream.Recv()
@@ -222,7 +232,14 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	if err != nil {
 		return err
 	}
-	defer release()
+	// Decompressed records go back to the shared budget once stored, not
+	// after the ack: a client that stops reading acks must not hold them.
+	released := false
+	defer func() {
+		if !released {
+			release()
+		}
+	}()
 	sum, err := wire.Validate(records, int(s.hello.Snaplen))
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "batch %d: %v", b.Seq, err)
@@ -282,6 +299,8 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 		}
 		return status.Errorf(codes.Unavailable, "collector could not record the batch: %v", err)
 	}
+	release()
+	released = true
 	s.lastSeq = b.Seq
 	s.partialSeq, s.partialRecords = 0, 0
 	if s.gap != nil && sum.Packets > 0 {
@@ -389,7 +408,53 @@ func (s *session) records(ctx context.Context, b *pb.Batch) (records []byte, rel
 }
 
 func (s *session) ack(stream pb.Capture_StreamServer, seq uint64) error {
-	return stream.Send(&pb.CollectorMessage{Msg: &pb.CollectorMessage_Ack{Ack: &pb.Ack{Seq: seq}}})
+	return s.send(stream, &pb.CollectorMessage{Msg: &pb.CollectorMessage_Ack{Ack: &pb.Ack{Seq: seq}}})
+}
+
+// send sends m, watched by the session's sendWatch: a client that stops
+// reading blocks Send for good (gRPC flow control), where neither a
+// takeover, a revocation, the idle timeout nor shutdown could end it.
+func (s *session) send(stream pb.Capture_StreamServer, m *pb.CollectorMessage) error {
+	s.sendingSince.Store(time.Now().UnixNano())
+	defer s.sendingSince.Store(0)
+	return stream.Send(m)
+}
+
+// sendWatch closes the connection of a session whose Send has waited
+// Config.SendTimeout, or waits while the stream must end (taken over, refused
+// on a recheck, shutting down): closing the connection is the one way to
+// release a blocked Send. It runs until stop is closed.
+func (s *session) sendWatch(stop <-chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		since := s.sendingSince.Load()
+		if since == 0 {
+			continue
+		}
+		waited := time.Since(time.Unix(0, since))
+		mustEnd := false
+		select {
+		case <-s.kicked:
+			mustEnd = true
+		case <-s.srv.shutdown:
+			mustEnd = true
+		default:
+		}
+		if waited < s.srv.cfg.SendTimeout && !(mustEnd && waited > time.Second) {
+			continue
+		}
+		if s.conn == nil || !s.conn.CloseConn() {
+			continue
+		}
+		s.log.Warn("the agent stopped reading: closing its connection", "waited", waited.Round(time.Second), "must_end", mustEnd)
+		return
+	}
 }
 
 // write appends records, which sum describes, to the session's file and

@@ -20,12 +20,21 @@ type Gap struct {
 	Reason     string
 }
 
-// AddGap records a gap.
+// MaxGapsPerSource bounds the gaps kept per source: the oldest go first.
+const MaxGapsPerSource = 1000
+
+// AddGap records a gap, and forgets the source's oldest beyond
+// MaxGapsPerSource.
 func (s *Store) AddGap(ctx context.Context, g Gap) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO gaps (source_uuid, from_ts, to_ts, detected_at, reason) VALUES (?, ?, ?, ?, ?)`,
 		g.SourceUUID, g.From, g.To, time.Now().UnixNano(), g.Reason)
 	if err != nil {
 		return fmt.Errorf("catalog: record gap of source %s: %w", g.SourceUUID, err)
+	}
+	_, err = s.db.ExecContext(ctx, `DELETE FROM gaps WHERE source_uuid = ? AND id NOT IN
+		(SELECT id FROM gaps WHERE source_uuid = ? ORDER BY id DESC LIMIT ?)`, g.SourceUUID, g.SourceUUID, MaxGapsPerSource)
+	if err != nil {
+		return fmt.Errorf("catalog: trim gaps of source %s: %w", g.SourceUUID, err)
 	}
 	return nil
 }

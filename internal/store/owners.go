@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // OwnedError refuses a claim on a source that belongs to another
@@ -135,7 +137,12 @@ func (s *Store) SetSourceOwner(ctx context.Context, uuidOrName, owner string) ([
 		return nil, err
 	}
 	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, `SELECT uuid, name, owner FROM sources WHERE uuid = ? OR name = ? ORDER BY name, uuid`, uuidOrName, uuidOrName)
+	// A UUID picks that source alone, never one whose name spells it.
+	q, args := `SELECT uuid, name, owner FROM sources WHERE uuid = ? OR name = ? ORDER BY name, uuid`, []any{uuidOrName, uuidOrName}
+	if _, err := uuid.Parse(uuidOrName); err == nil {
+		q, args = `SELECT uuid, name, owner FROM sources WHERE uuid = ?`, []any{uuidOrName}
+	}
+	rows, err := tx.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("reassign source %s: %w", uuidOrName, err)
 	}
