@@ -51,7 +51,8 @@ FUZZ_TARGETS := \
 	FuzzSanitizeName:./internal/source \
 	FuzzScan:./internal/spool \
 	FuzzPcapReader:./internal/pcapfile \
-	FuzzReader:./internal/pcapfile
+	FuzzReader:./internal/pcapfile \
+	FuzzString:./internal/termsafe
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
