@@ -72,6 +72,7 @@ type cursor struct {
 	linkType uint32
 	snaplen  int
 	ifc      pcapfile.Interface
+	ifcKnown bool // ifc is the interface of the source's first packet
 	match    *capture.Matcher
 	opened   int
 	missing  []string
@@ -97,9 +98,6 @@ func (c *cursor) advance(o *Options) (bool, error) {
 			}
 			c.r = r
 			c.opened++
-			if c.linkType == 0 && len(r.Interfaces()) > 0 {
-				c.ifc = r.Interfaces()[0]
-			}
 		}
 		err := c.r.Next(&c.pkt)
 		if errors.Is(err, io.EOF) {
@@ -109,6 +107,14 @@ func (c *cursor) advance(o *Options) (bool, error) {
 		}
 		if err != nil {
 			return false, err
+		}
+		if !c.ifcKnown {
+			// A pcapng file declares its interfaces in blocks that are
+			// read as they come: the packet's own interface is known
+			// once the packet is read, not when the file is opened.
+			if ifcs := c.r.Interfaces(); c.pkt.Interface < len(ifcs) {
+				c.ifc, c.ifcKnown = ifcs[c.pkt.Interface], true
+			}
 		}
 		if c.pkt.Timestamp < o.From || c.pkt.Timestamp > o.To {
 			continue

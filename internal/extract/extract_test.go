@@ -121,3 +121,50 @@ func TestMergeWindowFilter(t *testing.T) {
 		t.Errorf("pcapng interfaces %+v, want two with link types 1 and 101", ifc)
 	}
 }
+
+// A store of pcapng files (the collector's --format pcapng), or one that
+// mixes pcap and pcapng, extracts with the stored link type, so filters
+// match: the interface of a pcapng file is known only once its first
+// packet is read.
+func TestPcapngStores(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		formats []pcapfile.Format // per file of source a
+	}{
+		{"pcapng", []pcapfile.Format{pcapfile.Pcapng, pcapfile.Pcapng}},
+		{"pcapng then pcap", []pcapfile.Format{pcapfile.Pcapng, pcapfile.Pcap}},
+		{"pcap then pcapng", []pcapfile.Format{pcapfile.Pcap, pcapfile.Pcapng}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			a := Source{Name: "a", Files: []File{
+				{Path: writeFile(t, filepath.Join(dir, "a1"+tc.formats[0].Ext()), tc.formats[0], 1, 'a', 10, 30)},
+				{Path: writeFile(t, filepath.Join(dir, "a2"+tc.formats[1].Ext()), tc.formats[1], 1, 'a', 50, 70)},
+			}}
+			b := Source{Name: "b", Files: []File{{Path: writeFile(t, filepath.Join(dir, "b.pcapng"), pcapfile.Pcapng, 1, 'b', 20, 40)}}}
+			for _, out := range []pcapfile.Format{pcapfile.Pcap, pcapfile.Pcapng} {
+				var buf bytes.Buffer
+				// An Ethernet filter: under a wrong link type it matches nothing.
+				st, err := Run(context.Background(), []Source{a, b}, Options{From: 0, To: 100, Filter: "ether[0] = 0x61", Format: out}, &buf)
+				if err != nil {
+					t.Fatalf("to %v: %v", out, err)
+				}
+				if st.LinkType != 1 || st.Written != 4 {
+					t.Errorf("to %v: link type %d, %d packets written; want Ethernet (1) and a's 4", out, st.LinkType, st.Written)
+				}
+				r, err := pcapfile.NewReader(bytes.NewReader(buf.Bytes()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var p pcapfile.Packet
+				for r.Next(&p) == nil {
+				}
+				for _, ifc := range r.Interfaces() {
+					if ifc.LinkType != 1 {
+						t.Errorf("to %v: interface %+v, want link type 1", out, ifc)
+					}
+				}
+			}
+		})
+	}
+}
