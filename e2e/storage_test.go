@@ -344,18 +344,40 @@ func TestPcapngMetadata(t *testing.T) {
 
 // TestExtractMatchesMergecap: tapstream extract of a window and a filter
 // across two sources' rotated files gives the very packets that mergecap,
-// tcpdump -r (the same BPF filter) and tshark -Y (the window) give.
+// tcpdump -r (the same BPF filter) and tshark -Y (the window) give, from a
+// store of pcap files, of pcapng files, and of both (one source each).
 func TestExtractMatchesMergecap(t *testing.T) {
 	nettest.RequireTool(t, "mergecap", "tcpdump", "tshark")
 	t.Parallel()
+	for _, formats := range [][2]string{{"pcap", "pcap"}, {"pcapng", "pcapng"}, {"pcap", "pcapng"}} {
+		t.Run(formats[0]+"+"+formats[1], func(t *testing.T) {
+			t.Parallel()
+			extractMatchesMergecap(t, formats)
+		})
+	}
+}
+
+// extractMatchesMergecap stores source ex-a with the collector's --format
+// formats[0] and ex-b with formats[1], then compares extract with
+// mergecap, tcpdump and tshark.
+func extractMatchesMergecap(t *testing.T, formats [2]string) {
 	dir := t.TempDir()
 	traceA, traceB := filepath.Join(dir, "a.pcap"), filepath.Join(dir, "b.pcap")
 	tsA := writeTrace(t, traceA, 3000, 3*time.Second, 11)
 	writeTrace(t, traceB, 2000, 3*time.Second, 12)
 	data := t.TempDir()
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	collectorIn(t, nil, addr, data, "--rotate-packets", "700")
-	for _, tr := range []struct{ file, name string }{{traceA, "ex-a"}, {traceB, "ex-b"}} {
+	var c *proc
+	for i, tr := range []struct{ file, name string }{{traceA, "ex-a"}, {traceB, "ex-b"}} {
+		if i == 0 || formats[1] != formats[0] {
+			if c != nil {
+				c.signal(syscall.SIGTERM)
+				if code := c.wait(15 * time.Second); code != 0 {
+					t.Fatalf("collector exited %d", code)
+				}
+			}
+			c = collectorIn(t, nil, addr, data, "--rotate-packets", "700", "--format", formats[i])
+		}
 		p := start(t, nil, "agent-"+tr.name, "agent", "--insecure", "--connect", addr, "--batch-size", "64KB", "--snaplen", "2048",
 			"--source", "file:"+tr.file+":name="+tr.name)
 		if code := p.wait(30 * time.Second); code != 0 {
@@ -439,7 +461,7 @@ func TestExtractMatchesMergecap(t *testing.T) {
 	if code := bad.wait(30 * time.Second); code != 2 || !strings.Contains(bad.output(), "syntax error") {
 		t.Errorf("bad filter: exit %d, want 2 with libpcap's message:\n%s", code, bad.output())
 	}
-	t.Logf("extract wrote %d packets from %d files, identical to mergecap + tcpdump + tshark", len(got), len(paths))
+	t.Logf("%s store: extract wrote %d packets from %d files, identical to mergecap + tcpdump + tshark", strings.Join(formats[:], "+"), len(got), len(paths))
 }
 
 // mountTmpfs mounts a tmpfs of size at a new directory, unmounted when the
