@@ -269,35 +269,9 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 			KernelDrops: b.KernelDrops, InterfaceDrops: b.InterfaceDrops, AgentDrops: b.AgentDrops,
 		},
 	}
-	var written int64
-	if sum.Packets > 0 {
-		if written, err = s.write(stream.Context(), b.Seq, records, sum); err != nil {
-			if _, ok := status.FromError(err); ok {
-				return err
-			}
-			s.log.Error("storing batch failed", "seq", b.Seq, "err", err)
-			return status.Errorf(codes.Unavailable, "collector could not store the batch: %v", err)
-		}
-		commit.FileID = s.fileID
-		commit.File = store.FileDelta{Size: written, Packets: uint64(sum.Packets),
-			Bytes: uint64(sum.CapturedBytes), FirstTS: sum.First, LastTS: sum.Last}
-	}
-	if err := s.srv.store.CommitBatch(stream.Context(), commit); err != nil {
-		if errors.Is(err, store.ErrCounterRange) {
-			if sum.Packets > 0 {
-				s.w.Rewind(s.w.Size() - written)
-			}
-			return status.Errorf(codes.InvalidArgument, "batch %d: %v", b.Seq, err)
-		}
-		s.log.Error("recording batch failed", "seq", b.Seq, "err", err)
-		if sum.Packets > 0 {
-			// Cut the file back: what is past its recorded size must be
-			// at most one batch, the one the agent will send again.
-			if rerr := s.w.Rewind(s.w.Size() - written); rerr != nil {
-				s.log.Error("cannot cut back the file; closing it", "err", rerr)
-			}
-		}
-		return status.Errorf(codes.Unavailable, "collector could not record the batch: %v", err)
+	written, err := s.store(stream.Context(), b.Seq, records, sum, commit)
+	if err != nil {
+		return err
 	}
 	release()
 	released = true
@@ -326,6 +300,53 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 			"interface_drops", b.InterfaceDrops, "agent_drops", b.AgentDrops)
 	}
 	return s.ack(stream, b.Seq)
+}
+
+// store writes a batch's records, which sum describes, then records it in
+// the state database, and returns the bytes written. When the database
+// finds the disk full, the file is cut back, writing pauses as for a full
+// disk, and the batch is stored again once space is back: the stream and
+// its file stay open (min-free retention never deletes a file being
+// written).
+func (s *session) store(ctx context.Context, seq uint64, records []byte, sum wire.Summary, commit store.BatchCommit) (int64, error) {
+	for {
+		var written int64
+		if sum.Packets > 0 {
+			var err error
+			if written, err = s.write(ctx, seq, records, sum); err != nil {
+				if _, ok := status.FromError(err); ok {
+					return 0, err
+				}
+				s.log.Error("storing batch failed", "seq", seq, "err", err)
+				return 0, status.Errorf(codes.Unavailable, "collector could not store the batch: %v", err)
+			}
+			commit.FileID = s.fileID
+			commit.File = store.FileDelta{Size: written, Packets: uint64(sum.Packets),
+				Bytes: uint64(sum.CapturedBytes), FirstTS: sum.First, LastTS: sum.Last}
+		} else if err := s.waitForSpace(ctx, seq); err != nil {
+			return 0, err
+		}
+		err := s.srv.store.CommitBatch(ctx, commit)
+		if err == nil {
+			return written, nil
+		}
+		if sum.Packets > 0 {
+			// Cut the file back: what is past its recorded size must be
+			// at most one batch, the one stored again or sent again.
+			if rerr := s.w.Rewind(s.w.Size() - written); rerr != nil {
+				s.log.Error("cannot cut back the file; closing it", "err", rerr)
+			}
+		}
+		switch {
+		case errors.Is(err, store.ErrCounterRange):
+			return 0, status.Errorf(codes.InvalidArgument, "batch %d: %v", seq, err)
+		case errors.Is(err, store.ErrFull):
+			s.srv.pauseWrites(err.Error())
+			continue
+		}
+		s.log.Error("recording batch failed", "seq", seq, "err", err)
+		return 0, status.Errorf(codes.Unavailable, "collector could not record the batch: %v", err)
+	}
 }
 
 // Bounds on what one batch can mean. Seqs and counters are stored as

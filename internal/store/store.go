@@ -17,7 +17,8 @@ import (
 	"os"
 	"time"
 
-	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+	"modernc.org/sqlite" // also the database/sql driver "sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // FileState is the state of a capture file in the catalog.
@@ -575,7 +576,7 @@ func (s *Store) committer() {
 				break drain
 			}
 		}
-		err := s.apply(group)
+		err := full(s.apply(group))
 		for _, r := range group {
 			r.done <- err
 		}
@@ -632,6 +633,20 @@ const (
 // MaxCounter.
 func addCapped(col string) string {
 	return fmt.Sprintf("%s = MIN(%s + ?, %d)", col, col, MaxCounter)
+}
+
+// ErrFull says the database could not commit because its disk is full
+// (SQLITE_FULL): nothing was recorded, and a retry once space is back can
+// succeed.
+var ErrFull = errors.New("state database: disk full")
+
+// full marks an SQLITE_FULL error with ErrFull.
+func full(err error) error {
+	var se *sqlite.Error
+	if errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_FULL {
+		return fmt.Errorf("%w: %w", ErrFull, err)
+	}
+	return err
 }
 
 // ErrCounterRange is a counter increment or seq that cannot be valid.
