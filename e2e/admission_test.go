@@ -313,7 +313,7 @@ func TestHellolessStreamsBehindNginx(t *testing.T) {
 	t.Parallel()
 	data := t.TempDir()
 	c, addr, pin, token := secureCollector(t, data, "--uri-prefix", "/capture", "--trusted-proxy", "127.0.0.1/32")
-	port := startNginx(t, data, addr)
+	port, _ := startNginx(t, data, addr)
 	front := fmt.Sprintf("127.0.0.1:%d", port)
 
 	// 271 Hello-less streams from 127.0.0.2 through nginx, held open.
@@ -381,11 +381,11 @@ func TestHellolessStreamsBehindNginx(t *testing.T) {
 }
 
 // startNginx runs nginx in front of the collector as docs/security.md
-// shows, and returns its port.
-func startNginx(t *testing.T, data, upstream string) int {
+// shows, and returns its port and its directory (logs in it).
+func startNginx(t *testing.T, data, upstream string) (port int, dir string) {
 	t.Helper()
-	dir := t.TempDir()
-	port := freePort(t)
+	dir = t.TempDir()
+	port = freePort(t)
 	conf := fmt.Sprintf(`
 daemon off;
 worker_processes 1;
@@ -424,5 +424,5 @@ http {
 	}
 	t.Cleanup(func() { ng.Process.Kill(); ng.Wait() })
 	waitPort(t, fmt.Sprintf("127.0.0.1:%d", port))
-	return port
+	return port, dir
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -125,45 +124,7 @@ func TestBehindNginx(t *testing.T) {
 	t.Parallel()
 	data := t.TempDir()
 	_, addr, pin, token := secureCollector(t, data, "--uri-prefix", "/capture")
-	dir := t.TempDir()
-	port := freePort(t)
-	conf := fmt.Sprintf(`
-daemon off;
-worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log info;
-events { worker_connections 256; }
-http {
-	access_log %[1]s/access.log;
-	client_body_temp_path %[1]s/body;
-	proxy_temp_path %[1]s/proxy;
-	fastcgi_temp_path %[1]s/fastcgi;
-	uwsgi_temp_path %[1]s/uwsgi;
-	scgi_temp_path %[1]s/scgi;
-	server {
-		listen 127.0.0.1:%[2]d ssl http2;
-		ssl_certificate %[3]s/tls/server.crt;
-		ssl_certificate_key %[3]s/tls/server.key;
-		client_max_body_size 0;
-		location /capture/ {
-			grpc_pass grpcs://%[4]s;
-			grpc_read_timeout 1h;
-			grpc_send_timeout 1h;
-			client_body_timeout 1h;
-		}
-	}
-}
-`, dir, port, data, addr)
-	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	ng := exec.Command("nginx", "-p", dir, "-c", filepath.Join(dir, "nginx.conf"))
-	ng.Stderr = os.Stderr
-	if err := ng.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ng.Process.Kill(); ng.Wait() })
-	waitPort(t, fmt.Sprintf("127.0.0.1:%d", port))
+	port, dir := startNginx(t, data, addr)
 
 	// nginx serves the collector's own certificate here, so the same pin
 	// works; in production nginx has its own, pinned or trusted with --ca.
