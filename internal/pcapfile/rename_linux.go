@@ -7,22 +7,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// renameNoReplace moves from to to, failing with os.ErrExist if to exists.
-func renameNoReplace(from, to string) error {
-	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, unix.EEXIST):
-		return &os.LinkError{Op: "rename", Old: from, New: to, Err: os.ErrExist}
-	case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS):
-		// A file system without RENAME_NOREPLACE.
-		return renameChecked(from, to)
-	}
-	return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
-}
-
-// renameNoReplaceIn is renameNoReplace for two names in dir.
+// renameNoReplaceIn moves from to to, two names in dir, failing with
+// os.ErrExist if to exists.
 func renameNoReplaceIn(dir *os.Root, from, to string) error {
 	d, err := dir.Open(".")
 	if err != nil {

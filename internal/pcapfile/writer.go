@@ -134,29 +134,15 @@ func PartName(path string) string {
 	return filepath.Join(dir, "."+base+".part")
 }
 
-// Create creates path, which must not exist, with the file header.
+// Create creates path, which must not exist, with the file header: it is
+// CreateIn in path's directory.
 func Create(path string, o Options) (*Writer, error) {
-	if _, err := os.Lstat(path); err == nil {
-		return nil, &os.PathError{Op: "create", Path: path, Err: os.ErrExist}
-	}
-	hdr := FileHeader(o)
-	part := PartName(path)
-	os.Remove(part) // left by a crash
-	f, err := os.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	dir, err := os.OpenRoot(filepath.Dir(path))
 	if err != nil {
 		return nil, err
 	}
-	if _, err := f.Write(hdr); err != nil {
-		f.Close()
-		os.Remove(part)
-		return nil, fmt.Errorf("write header of %s: %w", path, err)
-	}
-	if err := renameNoReplace(part, path); err != nil {
-		f.Close()
-		os.Remove(part)
-		return nil, err
-	}
-	return &Writer{f: f, path: path, format: o.Format, size: int64(len(hdr)), hdrSize: int64(len(hdr))}, nil
+	defer dir.Close()
+	return CreateIn(dir, filepath.Base(path), o)
 }
 
 // CreateIn creates name, a plain file name that must not exist, in the
@@ -174,7 +160,7 @@ func CreateIn(dir *os.Root, name string, o Options) (*Writer, error) {
 		return nil, &os.PathError{Op: "create", Path: path, Err: os.ErrExist}
 	}
 	hdr := FileHeader(o)
-	part := "." + name + ".part"
+	part := PartName(name)
 	dir.Remove(part) // left by a crash
 	f, err := dir.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	if err != nil {
@@ -193,21 +179,14 @@ func CreateIn(dir *os.Root, name string, o Options) (*Writer, error) {
 	return &Writer{f: f, path: path, format: o.Format, size: int64(len(hdr)), hdrSize: int64(len(hdr))}, nil
 }
 
-// renameCheckedIn is renameChecked within dir.
+// renameCheckedIn renames from to to within dir unless to exists (with a
+// race between the check and the rename that only a second writer could
+// lose), where the file system has no RENAME_NOREPLACE.
 func renameCheckedIn(dir *os.Root, from, to string) error {
 	if _, err := dir.Lstat(to); err == nil {
 		return &os.LinkError{Op: "rename", Old: from, New: to, Err: os.ErrExist}
 	}
 	return dir.Rename(from, to)
-}
-
-// renameChecked renames from to to unless to exists (with a race between
-// the check and the rename that only a second writer could lose).
-func renameChecked(from, to string) error {
-	if _, err := os.Lstat(to); err == nil {
-		return &os.LinkError{Op: "rename", Old: from, New: to, Err: os.ErrExist}
-	}
-	return os.Rename(from, to)
 }
 
 // Path returns the file's path.
