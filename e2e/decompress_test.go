@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -30,14 +29,10 @@ import (
 func TestDecompressionMemoryBudget(t *testing.T) {
 	t.Parallel()
 	const n = 3000
-	trace := filepath.Join(t.TempDir(), "numbered.pcap")
-	writeNumbered(t, trace, n, 6*time.Second)
 	data := t.TempDir()
 	c, addr, pin, token := secureCollector(t, data)
 	bomberToken, _ := tokenCreate(t, data, "bomber")
-	good := start(t, nil, "agent", "agent", "--connect", addr, "--pin", pin, "--token", token,
-		"--source", "file:"+trace+":name=steady", "--replay-speed", "1")
-	good.waitLog(`msg=streaming`, 10*time.Second)
+	good := steadyAgent(t, addr, pin, token, n)
 	base := rssKB(t, c.cmd.Process.Pid)
 
 	// 16 MiB of 1500-byte packets of zeros: it compresses to a few KiB.

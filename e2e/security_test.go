@@ -178,6 +178,19 @@ func procStatusKB(t *testing.T, pid int, field string) int {
 	return n
 }
 
+// steadyAgent streams n numbered datagrams (writeNumbered) over 6 s, at
+// their own pace, as source "steady", and returns once it streams; check
+// them with numberedOnce.
+func steadyAgent(t *testing.T, addr, pin, token string, n int) *proc {
+	t.Helper()
+	trace := filepath.Join(t.TempDir(), "numbered.pcap")
+	writeNumbered(t, trace, n, 6*time.Second)
+	good := start(t, nil, "agent", "agent", "--connect", addr, "--pin", pin, "--token", token,
+		"--source", "file:"+trace+":name=steady", "--replay-speed", "1")
+	good.waitLog(`msg=streaming`, 10*time.Second)
+	return good
+}
+
 // numberedOnce checks that the source's files under data hold each of the
 // n numbered datagrams (writeNumbered) exactly once.
 func numberedOnce(t *testing.T, data, source string, n int) {
@@ -203,13 +216,9 @@ func numberedOnce(t *testing.T, data, source string, n int) {
 func TestAbuse(t *testing.T) {
 	t.Parallel()
 	const n = 3000
-	trace := filepath.Join(t.TempDir(), "numbered.pcap")
-	writeNumbered(t, trace, n, 6*time.Second)
 	data := t.TempDir()
 	c, addr, pin, token := secureCollector(t, data)
-	good := start(t, nil, "agent", "agent", "--connect", addr, "--pin", pin, "--token", token,
-		"--source", "file:"+trace+":name=steady", "--replay-speed", "1")
-	good.waitLog(`msg=streaming`, 10*time.Second)
+	good := steadyAgent(t, addr, pin, token, n)
 	base := rssKB(t, c.cmd.Process.Pid)
 
 	// The attackers come from 127.0.0.2, so that the per-address limit

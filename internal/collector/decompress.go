@@ -28,7 +28,7 @@ type decompressor struct {
 	limit  int64
 
 	mu   sync.Mutex
-	free [][]byte // small buffers kept for reuse, within cacheLimit
+	free [][]byte // small buffers kept for reuse: cacheBufs of cacheMaxBuf at most
 }
 
 const (
@@ -73,7 +73,7 @@ func bufSize(n int) int {
 
 // decode decompresses src, which must expand to exactly n bytes, into a
 // borrowed buffer. Call release once the records are stored; they are
-// invalid after it.
+// invalid after it. Calling release again does nothing.
 func (d *decompressor) decode(ctx context.Context, src []byte, n int) (out []byte, release func(), err error) {
 	size := bufSize(n)
 	if err := d.budget.Acquire(ctx, int64(size)); err != nil {
@@ -84,9 +84,12 @@ func (d *decompressor) decode(ctx context.Context, src []byte, n int) (out []byt
 		d.budget.Release(int64(size))
 		return nil, nil, err
 	}
+	var once sync.Once
 	release = func() {
-		d.put(buf)
-		d.budget.Release(int64(size))
+		once.Do(func() {
+			d.put(buf)
+			d.budget.Release(int64(size))
+		})
 	}
 	out, err = d.dec.DecodeAll(src, buf[:0:n])
 	if err != nil {

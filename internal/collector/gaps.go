@@ -103,7 +103,13 @@ func (s *session) recordGap(to int64) {
 // own shutdown and a takeover by the same capture run are not the agent's
 // end.
 func (s *session) endedUnclean(err error) bool {
-	if err == nil || status.Code(err) == codes.Aborted && !s.replacedByNewRun || s.srv.isStopping() {
+	stopping := false
+	select {
+	case <-s.srv.shutdown:
+		stopping = true
+	default:
+	}
+	if err == nil || status.Code(err) == codes.Aborted && !s.replacedByNewRun || stopping {
 		if err == nil && s.gap != nil {
 			// The restarted agent delivered what it had and stopped
 			// cleanly: the gap runs from its last packet onwards.

@@ -83,10 +83,9 @@ func (s *Server) recheckLoop(ctx context.Context, interval time.Duration) {
 			if ref == nil {
 				ref = s.recheckSource(ctx, sess, c.who)
 			}
-			if ref != nil {
+			if ref != nil && sess.end(ref) {
 				s.log.Warn("ending a live stream", "source", sess.name, "uuid", sess.uuid, "as", sess.who.display,
 					"peer", sess.remote, "reason", ref.Reason, "err", ref.Message)
-				sess.end(ref)
 			}
 		}
 	}

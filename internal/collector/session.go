@@ -84,7 +84,6 @@ type fileCounters struct {
 	drops       store.Counters // drops reported while the file was open
 }
 
-// kick ends the stream for a takeover by a newer stream of its source.
 // connCloser closes a stream's connection (admission.Stream does); it
 // reports false when it cannot.
 type connCloser interface{ CloseConn() bool }
@@ -94,12 +93,14 @@ type connCloser interface{ CloseConn() bool }
 func (s *session) kick() { s.kickOnce.Do(func() { close(s.kicked) }) }
 
 // end ends the stream with a refusal: its credential was revoked or its
-// source reassigned.
-func (s *session) end(ref *pb.Refusal) {
+// source reassigned. It reports false when the stream was ending already.
+func (s *session) end(ref *pb.Refusal) (ended bool) {
 	s.kickOnce.Do(func() {
 		s.endRef = ref
 		close(s.kicked)
+		ended = true
 	})
+	return ended
 }
 
 // kickedErr tells the agent why its stream ends after kick or end: a
@@ -232,14 +233,7 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	if err != nil {
 		return err
 	}
-	// Decompressed records go back to the shared budget once stored, not
-	// after the ack: a client that stops reading acks must not hold them.
-	released := false
-	defer func() {
-		if !released {
-			release()
-		}
-	}()
+	defer release()
 	sum, err := wire.Validate(records, int(s.hello.Snaplen))
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "batch %d: %v", b.Seq, err)
@@ -273,8 +267,9 @@ func (s *session) handle(stream pb.Capture_StreamServer, m *pb.AgentMessage) err
 	if err != nil {
 		return err
 	}
+	// Decompressed records go back to the shared budget once stored, not
+	// after the ack: a client that stops reading acks must not hold them.
 	release()
-	released = true
 	s.lastSeq = b.Seq
 	s.partialSeq, s.partialRecords = 0, 0
 	if s.gap != nil && sum.Packets > 0 {
